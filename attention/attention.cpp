@@ -1,0 +1,80 @@
+#include "attention/attention.h"
+
+#include "attention/softmax.h"
+
+namespace attnlab {
+
+namespace {
+// Built-in methods are listed here explicitly: static self-registration would be dropped by the
+// linker for method files nothing else references.
+std::map<std::string, AttentionFactory>& factories() {
+  static std::map<std::string, AttentionFactory> f = [] {
+    std::map<std::string, AttentionFactory> m;
+    m["softmax"] = make_softmax_attention;
+    return m;
+  }();
+  return f;
+}
+}  // namespace
+
+void register_attention(const std::string& type, AttentionFactory factory) { factories()[type] = std::move(factory); }
+
+std::vector<std::string> attention_types() {
+  std::vector<std::string> out;
+  for (auto& [k, v] : factories()) out.push_back(k);
+  return out;
+}
+
+std::shared_ptr<AttentionMethod> make_attention(const nlohmann::json& cfg, const AttentionContext& ctx) {
+  std::string type = cfg.is_string() ? cfg.get<std::string>() : cfg.value("type", std::string("softmax"));
+  auto it = factories().find(type);
+  if (it == factories().end()) {
+    std::string known;
+    for (auto& name : attention_types()) known += (known.empty() ? "" : ", ") + name;
+    fail<ValueError>("make_attention", "unknown attention type '", type, "' (known: ", known, ")");
+  }
+  return it->second(cfg.is_object() ? cfg : nlohmann::json::object(), ctx);
+}
+
+void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4)
+    fail<ShapeError>(op, "q, k, v must be [B, H, T, dh], got ", describe(q), ", ", describe(k), ", ", describe(v));
+  if (k.shape() != v.shape() || q.size(0) != k.size(0) || q.size(1) != k.size(1) || q.size(3) != k.size(3))
+    fail<ShapeError>(op, "q ", describe(q), " does not match k ", describe(k), " / v ", describe(v));
+  if (q.dtype() != k.dtype() || q.dtype() != v.dtype())
+    fail<DTypeError>(op, "dtype mismatch: ", describe(q), ", ", describe(k), ", ", describe(v));
+  if (mask.key_padding.defined() &&
+      (mask.key_padding.dtype() != DType::b8 || mask.key_padding.shape() != Shape{k.size(0), k.size(2)}))
+    fail<ShapeError>(op, "key_padding must be b8 [", k.size(0), ", ", k.size(2), "], got ", describe(mask.key_padding));
+}
+
+Tensor causal_block_mask(int64_t tq, int64_t tk) {
+  Tensor m = empty({tq, tk}, DType::b8);
+  uint8_t* p = m.data<uint8_t>();
+  const int64_t shift = tk - tq;  // queries align with the last tq keys
+  for (int64_t i = 0; i < tq; ++i)
+    for (int64_t j = 0; j < tk; ++j) p[i * tk + j] = j > i + shift;
+  return m;
+}
+
+Tensor blocked_positions(const AttentionMask& m, int64_t tq, int64_t tk) {
+  Tensor blocked;
+  if (m.causal) blocked = causal_block_mask(tq, tk);
+  if (m.key_padding.defined()) {
+    Tensor pad = m.key_padding.reshape({m.key_padding.size(0), 1, 1, tk});
+    if (blocked.defined()) {
+      Tensor both = empty(broadcast_shapes("mask", pad.shape(), blocked.shape()), DType::b8);
+      // either reason blocks: logical or via max over {0,1}
+      std::vector<uint8_t> a = pad.expand(both.shape()).to_vector<uint8_t>();
+      std::vector<uint8_t> b = blocked.expand(both.shape()).to_vector<uint8_t>();
+      uint8_t* pb = both.data<uint8_t>();
+      for (size_t i = 0; i < a.size(); ++i) pb[i] = a[i] | b[i];
+      blocked = both;
+    } else {
+      blocked = pad;
+    }
+  }
+  return blocked;
+}
+
+}  // namespace attnlab

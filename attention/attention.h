@@ -1,0 +1,49 @@
+// The attention interface every method implements: per-head q, k, v in, per-head output out.
+// A method is a Module (some learn parameters: entmax α, Sinkhorn SortNet); MultiHeadAttention
+// owns the projections and calls the method.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "layers/module.h"
+
+namespace attnlab {
+
+struct AttentionMask {
+  bool causal = false;  // query i sees keys j <= i (aligned at the end when Tk > Tq)
+  Tensor key_padding;   // optional b8 [B, Tk]: true marks a padded key that no query may see
+};
+
+class AttentionMethod : public Module {
+ public:
+  // q [B, H, Tq, dh], k and v [B, H, Tk, dh] -> [B, H, Tq, dh]. Fully masked rows give zeros.
+  virtual Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) = 0;
+  virtual std::string name() const = 0;
+  // When set, forward stores what it computed on the way (e.g. "attn": the [B,H,Tq,Tk] weights)
+  // in internals, for the layer/draw tools. Off in training: it costs memory.
+  bool record_internals = false;
+  std::map<std::string, Tensor> internals;
+};
+
+struct AttentionContext {
+  int64_t head_dim = 0;
+  int64_t n_heads = 0;
+  std::shared_ptr<Generator> gen;  // for methods that draw noise (Gumbel-Sinkhorn, dropout)
+};
+
+using AttentionFactory = std::function<std::shared_ptr<AttentionMethod>(const nlohmann::json&, const AttentionContext&)>;
+
+// Methods register themselves by type name; make_attention({"type": "softmax", ...}) builds one.
+void register_attention(const std::string& type, AttentionFactory factory);
+std::shared_ptr<AttentionMethod> make_attention(const nlohmann::json& cfg, const AttentionContext& ctx);
+std::vector<std::string> attention_types();
+
+// Shared pieces: the checks every method runs, and masks as b8 tensors (true = blocked).
+void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask);
+Tensor causal_block_mask(int64_t tq, int64_t tk);                 // [tq, tk]
+Tensor blocked_positions(const AttentionMask& m, int64_t tq, int64_t tk);  // broadcastable to [B,H,tq,tk], or undefined
+
+}  // namespace attnlab

@@ -1,0 +1,98 @@
+// Multi-head attention, the pre-LN Transformer block, and the two models built from them: a causal
+// language model and a sequence classifier. Configured from JSON (see configs/*.json).
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include "attention/attention.h"
+#include "layers/layers.h"
+
+namespace attnlab {
+
+struct ModelConfig {
+  int64_t vocab_size = 256;
+  int64_t d_model = 128;
+  int64_t n_layers = 2;
+  int64_t n_heads = 4;
+  int64_t d_ff = 512;
+  int64_t max_len = 512;
+  double dropout = 0.0;
+  std::string positions = "learned";  // learned | sinusoidal
+  std::string activation = "gelu";
+  nlohmann::json attention = {{"type", "softmax"}};
+  int64_t num_classes = 0;  // > 0 for the sequence classifier
+  uint64_t seed = 0;
+
+  static ModelConfig from_json(const nlohmann::json& j);  // validates; unknown keys are errors
+  nlohmann::json to_json() const;
+};
+
+// x [B, T, D] -> [B, T, D]: fused qkv projection, per-head attention method, output projection.
+class MultiHeadAttention : public Module {
+ public:
+  MultiHeadAttention(int64_t d_model, int64_t n_heads, const nlohmann::json& attention, double dropout_p,
+                     std::shared_ptr<Generator> gen, Generator& init_gen, DType t = DType::f32);
+  Tensor forward(const Tensor& x, const AttentionMask& mask) const;
+  std::shared_ptr<Linear> qkv, out;
+  std::shared_ptr<AttentionMethod> method;
+  std::shared_ptr<Dropout> drop;
+  int64_t n_heads, head_dim;
+};
+
+// Pre-LN: x + drop(attn(ln1 x)), then + drop(mlp(ln2 x)).
+class TransformerBlock : public Module {
+ public:
+  TransformerBlock(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t = DType::f32);
+  Tensor forward(const Tensor& x, const AttentionMask& mask) const;
+  std::shared_ptr<LayerNorm> ln1, ln2;
+  std::shared_ptr<MultiHeadAttention> attn;
+  std::shared_ptr<MLP> mlp;
+  std::shared_ptr<Dropout> drop;
+};
+
+// Token + position embeddings, the block stack and a final LayerNorm: ids [B, T] -> [B, T, D].
+class TransformerTrunk : public Module {
+ public:
+  TransformerTrunk(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t);
+  Tensor forward(const Tensor& ids, const AttentionMask& mask) const;
+  std::shared_ptr<Embedding> tok;
+  std::shared_ptr<Embedding> pos;  // learned positions; null for sinusoidal
+  std::vector<std::shared_ptr<TransformerBlock>> blocks;
+  std::shared_ptr<LayerNorm> ln_f;
+  std::shared_ptr<Dropout> drop;
+
+ private:
+  Tensor sinusoid_;
+  int64_t max_len_;
+};
+
+class CausalLM : public Module {
+ public:
+  explicit CausalLM(const ModelConfig& c, DType t = DType::f32);
+  Tensor forward(const Tensor& ids) const;                         // logits [B, T, V]
+  Tensor loss(const Tensor& ids, const Tensor& targets) const;    // mean cross-entropy (nats)
+  const ModelConfig& config() const { return cfg_; }
+  Generator& dropout_generator() { return *gen_; }
+  std::shared_ptr<TransformerTrunk> trunk;
+  std::shared_ptr<Linear> head;
+
+ private:
+  ModelConfig cfg_;
+  std::shared_ptr<Generator> gen_;
+};
+
+// Mean-pools the trunk's output over non-padded positions, then a linear head: ids [B, T] -> [B, C].
+class SequenceClassifier : public Module {
+ public:
+  explicit SequenceClassifier(const ModelConfig& c, DType t = DType::f32);
+  Tensor forward(const Tensor& ids, const Tensor& key_padding = Tensor()) const;
+  const ModelConfig& config() const { return cfg_; }
+  Generator& dropout_generator() { return *gen_; }
+  std::shared_ptr<TransformerTrunk> trunk;
+  std::shared_ptr<Linear> head;
+
+ private:
+  ModelConfig cfg_;
+  std::shared_ptr<Generator> gen_;
+};
+
+}  // namespace attnlab
