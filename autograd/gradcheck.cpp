@@ -9,14 +9,6 @@
 namespace attnlab {
 
 namespace {
-// Sum of r ∘ f(x), evaluated without recording a graph.
-double projected(const std::function<Tensor(const std::vector<Tensor>&)>& fn, const std::vector<Tensor>& in,
-                 const Tensor& r) {
-  NoGradGuard ng;
-  Tensor out = fn(in);
-  return sum(mul(out.to(DType::f64), r)).item<double>();
-}
-
 // Pointer to logical element `flat` of a (possibly strided) f64 tensor.
 double* element(const Tensor& t, int64_t flat) {
   int64_t off = 0;
@@ -28,62 +20,81 @@ double* element(const Tensor& t, int64_t flat) {
 }
 }  // namespace
 
-GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, std::vector<Tensor> inputs,
-                          const GradcheckOptions& opts) {
-  GradcheckResult res;
-  std::vector<Tensor> leaves;
-  for (Tensor& t : inputs) {
-    if (t.defined() && is_floating(t.dtype())) {
-      if (t.dtype() != DType::f64)
-        fail<DTypeError>("gradcheck", "floating inputs must be f64, got ", describe(t));
-      t = t.detach();  // a fresh leaf sharing the caller's data
-      t.set_requires_grad(true);
-    }
+GradcheckResult gradcheck_leaves(const std::function<Tensor()>& fn, const std::vector<Tensor>& leaves,
+                                 const GradcheckOptions& opts) {
+  for (const Tensor& t : leaves) {
+    if (!t.defined() || t.dtype() != DType::f64 || !t.requires_grad() || !t.is_leaf())
+      fail<DTypeError>("gradcheck", "every checked tensor must be an f64 leaf that requires grad, got ", describe(t));
+    Tensor(t).zero_grad();
   }
-  Tensor out = fn(inputs);
+  Tensor out = fn();
   if (out.dtype() != DType::f64) fail<DTypeError>("gradcheck", "the function must return f64, got ", describe(out));
   Generator g(opts.seed, 77);
   Tensor r = randn(out.shape(), DType::f64, &g);
   if (out.requires_grad()) sum(mul(out, r)).backward();
+  auto projected = [&] {
+    NoGradGuard ng;
+    return sum(mul(fn(), r)).item<double>();
+  };
 
-  for (size_t i = 0; i < inputs.size(); ++i) {
+  GradcheckResult res;
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    const Tensor& x = leaves[i];
     InputReport rep;
     rep.input = int(i);
-    const Tensor& x = inputs[i];
-    if (!x.defined() || !is_floating(x.dtype())) {
-      res.inputs.push_back(rep);
-      continue;
-    }
     rep.checked = true;
-    Tensor analytic = x.grad().defined() ? x.grad() : zeros_like(x);
-    std::vector<double> an = analytic.to_vector<double>();
+    std::vector<double> an = (x.grad().defined() ? x.grad() : zeros_like(x)).to_vector<double>();
     double worst = -1;
     for (int64_t j = 0; j < x.numel(); ++j) {
       double* p = element(x, j);
       const double orig = *p;
       *p = orig + opts.eps;
-      double fp = projected(fn, inputs, r);
+      double fp = projected();
       *p = orig - opts.eps;
-      double fm = projected(fn, inputs, r);
+      double fm = projected();
       *p = orig;
       double num = (fp - fm) / (2 * opts.eps);
       double abs_err = std::fabs(an[size_t(j)] - num);
-      double rel_err = abs_err / std::max(std::fabs(num), 1e-12);
       double excess = abs_err - (opts.atol + opts.rtol * std::fabs(num));
-      bool finite = std::isfinite(an[size_t(j)]) && std::isfinite(num);
-      if (!finite) excess = INFINITY;
+      if (!std::isfinite(an[size_t(j)]) || !std::isfinite(num)) excess = INFINITY;
       if (excess > worst || rep.worst_entry < 0) {
         worst = excess;
         rep.worst_entry = j;
         rep.analytic = an[size_t(j)];
         rep.numeric = num;
         rep.abs_err = abs_err;
-        rep.rel_err = rel_err;
+        rep.rel_err = abs_err / std::max(std::fabs(num), 1e-12);
       }
     }
     rep.ok = x.numel() == 0 || worst <= 0;
     res.ok = res.ok && rep.ok;
     res.inputs.push_back(rep);
+  }
+  return res;
+}
+
+GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, std::vector<Tensor> inputs,
+                          const GradcheckOptions& opts) {
+  std::vector<Tensor> leaves;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Tensor& t = inputs[i];
+    if (t.defined() && is_floating(t.dtype())) {
+      if (t.dtype() != DType::f64) fail<DTypeError>("gradcheck", "floating inputs must be f64, got ", describe(t));
+      t = t.detach();  // a fresh leaf sharing the caller's data
+      t.set_requires_grad(true);
+      leaves.push_back(t);
+      where.push_back(i);
+    }
+  }
+  GradcheckResult inner = gradcheck_leaves([&] { return fn(inputs); }, leaves, opts);
+  GradcheckResult res;
+  res.ok = inner.ok;
+  res.inputs.resize(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) res.inputs[i].input = int(i);  // non-floating: not checked
+  for (size_t j = 0; j < where.size(); ++j) {
+    res.inputs[where[j]] = inner.inputs[j];
+    res.inputs[where[j]].input = int(where[j]);
   }
   return res;
 }

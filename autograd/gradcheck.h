@@ -35,4 +35,10 @@ struct GradcheckResult {
 GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& fn, std::vector<Tensor> inputs,
                           const GradcheckOptions& opts = {});
 
+// The same check for a closure over existing f64 leaves that require grad (e.g. a module's
+// parameters and its input): analytic gradients are read from their .grad, and each leaf is
+// perturbed in place. Existing .grad values are cleared first.
+GradcheckResult gradcheck_leaves(const std::function<Tensor()>& fn, const std::vector<Tensor>& leaves,
+                                 const GradcheckOptions& opts = {});
+
 }  // namespace attnlab

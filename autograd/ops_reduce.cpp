@@ -273,10 +273,11 @@ Tensor row_normalise(const char* op, const Tensor& x, int64_t dim, RowOp kind, b
       if (kind == RowOp::logsumexp) {
         po[o * l.inner + i] = lse;
       } else if (kind == RowOp::softmax) {
-        const T inv = T(1.0 / s);
+        const T inv = T(s > 0 ? 1.0 / s : 0.0);  // a fully masked (all -inf) row gives zeros, not NaN
         for (int64_t r = 0; r < l.R; ++r) po[base + r * st] = std::exp(px[base + r * st] - m) * inv;
       } else {
-        for (int64_t r = 0; r < l.R; ++r) po[base + r * st] = px[base + r * st] - lse;
+        for (int64_t r = 0; r < l.R; ++r)  // all -inf row: -inf everywhere, not -inf - -inf = NaN
+          po[base + r * st] = s > 0 ? px[base + r * st] - lse : -std::numeric_limits<T>::infinity();
       }
     });
   });
