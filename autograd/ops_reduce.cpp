@@ -60,16 +60,21 @@ void sum_kernel(const T* x, T* out, const Layout& l) {
     }
     return;
   }
-  // Strided: walk r outside, inner lanes inside (contiguous, vectorised).
+  // Strided: walk r outside, a chunk of inner lanes inside (contiguous, vectorised). Work is split
+  // over (outer, lane chunk) pairs so a reduction over dim 0 (outer = 1) still uses every thread.
+  constexpr int64_t kChunk = 1024;
+  const int64_t chunks = (l.inner + kChunk - 1) / kChunk;
   const bool par = l.outer * l.R * l.inner >= cpu::kParallelGrain && !omp_in_parallel();
 #pragma omp parallel for if (par) schedule(static)
-  for (int64_t o = 0; o < l.outer; ++o) {
-    std::vector<double> acc(size_t(l.inner), 0.0);
+  for (int64_t job = 0; job < l.outer * chunks; ++job) {
+    const int64_t o = job / chunks, i0 = (job % chunks) * kChunk, n = std::min(kChunk, l.inner - i0);
+    double acc[kChunk] = {};
     for (int64_t r = 0; r < l.R; ++r) {
-      const T* row = x + (o * l.R + r) * l.inner;
-      for (int64_t i = 0; i < l.inner; ++i) acc[size_t(i)] += double(row[i]);
+      const T* row = x + (o * l.R + r) * l.inner + i0;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) acc[i] += double(row[i]);
     }
-    for (int64_t i = 0; i < l.inner; ++i) out[o * l.inner + i] = T(acc[size_t(i)]);
+    for (int64_t i = 0; i < n; ++i) out[o * l.inner + i0 + i] = T(acc[i]);
   }
 }
 
@@ -268,13 +273,20 @@ Tensor row_normalise(const char* op, const Tensor& x, int64_t dim, RowOp kind, b
       for (int64_t r = 0; r < l.R; ++r) m = std::max(m, px[base + r * st]);
       if (std::isnan(m) || m == -std::numeric_limits<T>::infinity()) m = 0;  // all -inf: avoid inf - inf
       double s = 0;
-      for (int64_t r = 0; r < l.R; ++r) s += std::exp(double(px[base + r * st] - m));
+      if (kind == RowOp::softmax) {  // one exp per element: store it, then scale
+        for (int64_t r = 0; r < l.R; ++r) {
+          T e = std::exp(px[base + r * st] - m);
+          po[base + r * st] = e;
+          s += double(e);
+        }
+        const T inv = T(s > 0 ? 1.0 / s : 0.0);  // a fully masked (all -inf) row gives zeros, not NaN
+        for (int64_t r = 0; r < l.R; ++r) po[base + r * st] *= inv;
+        return;
+      }
+      for (int64_t r = 0; r < l.R; ++r) s += double(std::exp(px[base + r * st] - m));
       const T lse = T(double(m) + std::log(s));
       if (kind == RowOp::logsumexp) {
         po[o * l.inner + i] = lse;
-      } else if (kind == RowOp::softmax) {
-        const T inv = T(s > 0 ? 1.0 / s : 0.0);  // a fully masked (all -inf) row gives zeros, not NaN
-        for (int64_t r = 0; r < l.R; ++r) po[base + r * st] = std::exp(px[base + r * st] - m) * inv;
       } else {
         for (int64_t r = 0; r < l.R; ++r)  // all -inf row: -inf everywhere, not -inf - -inf = NaN
           po[base + r * st] = s > 0 ? px[base + r * st] - lse : -std::numeric_limits<T>::infinity();

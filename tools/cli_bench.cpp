@@ -1,0 +1,544 @@
+// attnlab-bench (`tools/attnlab bench [SECTION...] [options]`): the framework against direct
+// baselines on the same data, side by side in one run. See --help.
+//
+// Sections live in the registry kSections below; a section is a function of the shared Context
+// that prints its own table and appends rows to ctx.results[section]. To add one (attention, lm…):
+// write `void section_x(Context&)`, use compare() for each framework-vs-baseline pair, add a line
+// to kSections. Timing method (tools/bench_util.h): warm-up, then --reps interleaved repetitions
+// with alternating order (A B | B A …), each measurement at least --min-time-ms long; tables show
+// median per-call times and the median of per-repetition paired ratios.
+#include <cblas.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <exception>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/cpu/blas.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "tools/bench_util.h"
+
+namespace attnlab {
+namespace {
+
+using nlohmann::json;
+using bench::fmt;
+
+struct Options {
+  std::vector<std::string> sections;  // empty: all
+  int reps = -1, warmup = -1;         // -1: default for the mode
+  double min_time_ms = -1;
+  bool quick = false;
+  int threads = 0;  // 0: leave OpenMP / OpenBLAS defaults
+  std::string json_path;
+};
+
+struct Context {
+  Options opt;
+  bench::TimingConfig timing;
+  json results = json::object();  // section name -> array of rows
+  uint64_t seed = 20240601;
+};
+
+struct Section {
+  const char* name;
+  const char* summary;
+  void (*run)(Context&);
+};
+
+// ---- shared pieces ---------------------------------------------------------------------------
+
+struct Comparison {
+  bench::Measurement direct, framework;
+  double ratio = 0;  // direct time / attnlab time, median of paired repetitions (> 1: attnlab faster)
+};
+
+Comparison compare(const Context& ctx, std::function<void()> direct, std::function<void()> framework) {
+  auto ms = bench::run_interleaved(ctx.timing, {{"direct", std::move(direct)}, {"attnlab", std::move(framework)}});
+  return {ms[0], ms[1], bench::paired_ratio(ms[0], ms[1])};
+}
+
+json measurement_json(const bench::Measurement& m) {
+  return {{"median_ms", m.median_ms},
+          {"min_ms", m.min_ms},
+          {"per_rep_ms", m.per_rep_ms},
+          {"calls_per_rep", m.calls_per_rep},
+          {"minor_faults_per_call", m.minor_faults_per_call},
+          {"allocs_per_call", m.allocs_per_call},
+          {"fresh_allocations", m.fresh_allocations},
+          {"cache_hits", m.cache_hits}};
+}
+
+json comparison_json(const Comparison& c) {
+  return {{"direct", measurement_json(c.direct)},
+          {"attnlab", measurement_json(c.framework)},
+          {"ratio_direct_over_attnlab", c.ratio},
+          {"ratio_of_medians", c.direct.median_ms / c.framework.median_ms}};
+}
+
+std::string shape_text(const Shape& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) r += ',';
+    r += std::to_string(s[i]);
+  }
+  r += ']';
+  return r;
+}
+
+Tensor random_tensor(const Context& ctx, const Shape& s, uint64_t stream) {
+  Generator g(ctx.seed, stream);
+  return randn(s, DType::f32, &g);
+}
+
+double max_abs_diff(const Tensor& t, const bench::Buffer<float>& b) {
+  Tensor c = t.contiguous();
+  return bench::max_abs_diff(c.data<float>(), b.data(), c.numel());
+}
+
+void print_allocator_delta(const AllocatorStats& before) {
+  AllocatorStats now = cpu_allocator::stats();
+  std::printf("allocator over the section: %llu fresh allocations, %llu cache hits\n",
+              (unsigned long long)(now.fresh_allocations - before.fresh_allocations),
+              (unsigned long long)(now.cache_hits - before.cache_hits));
+}
+
+// ---- matmul ----------------------------------------------------------------------------------
+
+void section_matmul(Context& ctx) {
+  std::printf("\n== matmul: attnlab::matmul (output allocated per call) vs cblas_sgemm into a preallocated buffer\n");
+  std::printf("   ratio = direct time / attnlab time (median of paired reps); target >= 0.90 at n >= 512\n\n");
+  const AllocatorStats stats0 = cpu_allocator::stats();
+  bench::Table table({{"case", 10, true},
+                      {"shape", 24, true},
+                      {"direct ms", 9},
+                      {"attnlab ms", 10},
+                      {"direct GF/s", 11},
+                      {"attnlab GF/s", 12},
+                      {"ratio", 6},
+                      {"target", 6},
+                      {"max|diff|", 9},
+                      {"alloc/call", 10},
+                      {"pf/call", 7}});
+  table.header();
+  json rows = json::array();
+  auto report = [&](const std::string& name, const std::string& shape, int64_t n_for_target, double flops, double diff,
+                    const Comparison& c) {
+    const char* target = n_for_target >= 512 ? (c.ratio >= 0.9 ? "ok" : "LOW") : "-";
+    table.row({name, shape, fmt("%.3f", c.direct.median_ms), fmt("%.3f", c.framework.median_ms),
+               fmt("%.1f", flops / c.direct.median_ms * 1e-6), fmt("%.1f", flops / c.framework.median_ms * 1e-6),
+               fmt("%.3f", c.ratio), target, fmt("%.1e", diff), fmt("%.2f", c.framework.allocs_per_call),
+               fmt("%.2f", c.framework.minor_faults_per_call)});
+    json r = comparison_json(c);
+    r["case"] = name;
+    r["shape"] = shape;
+    r["flops"] = flops;
+    r["direct_gflops"] = flops / c.direct.median_ms * 1e-6;
+    r["attnlab_gflops"] = flops / c.framework.median_ms * 1e-6;
+    r["max_abs_diff"] = diff;
+    rows.push_back(r);
+  };
+
+  const std::vector<int64_t> sizes = ctx.opt.quick ? std::vector<int64_t>{128, 256} : std::vector<int64_t>{256, 512, 1024, 2048};
+  uint64_t stream = 0;
+  for (int64_t n : sizes) {
+    Tensor a = random_tensor(ctx, {n, n}, stream++), b = random_tensor(ctx, {n, n}, stream++);
+    bench::Buffer<float> c(size_t(n * n));
+    const float *pa = a.data<float>(), *pb = b.data<float>();
+    const int in = int(n);
+    auto direct = [&] {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, in, in, in, 1.0f, pa, in, pb, in, 0.0f, c.data(), in);
+    };
+    auto framework = [&] { Tensor out = matmul(a, b); };
+    direct();
+    double diff = max_abs_diff(matmul(a, b), c);
+    report("square", fmt("[%lld,%lld]@[%lld,%lld]", (long long)n, (long long)n, (long long)n, (long long)n), n,
+           2.0 * double(n) * double(n) * double(n), diff, compare(ctx, direct, framework));
+  }
+
+  {  // a.t() @ b: the transposed view must reach BLAS as a flag (no copy: 1 allocation per call).
+    const int64_t n = ctx.opt.quick ? 256 : 1024;
+    Tensor at = random_tensor(ctx, {n, n}, stream++), b = random_tensor(ctx, {n, n}, stream++);
+    Tensor a = at.t();
+    bench::Buffer<float> c(size_t(n * n));
+    const float *pat = at.data<float>(), *pb = b.data<float>();
+    const int in = int(n);
+    auto direct = [&] {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, in, in, 1.0f, pat, in, pb, in, 0.0f, c.data(), in);
+    };
+    auto framework = [&] { Tensor out = matmul(a, b); };
+    direct();
+    double diff = max_abs_diff(matmul(a, b), c);
+    report("a.t()@b", fmt("[%lld,%lld]^T@[%lld,%lld]", (long long)n, (long long)n, (long long)n, (long long)n), n,
+           2.0 * double(n) * double(n) * double(n), diff, compare(ctx, direct, framework));
+  }
+
+  {  // batched [B, M, K] @ [B, K, N] vs a loop of B sgemm calls.
+    const int64_t B = 8, M = 256, K = 64, N = 256;
+    Tensor a = random_tensor(ctx, {B, M, K}, stream++), b = random_tensor(ctx, {B, K, N}, stream++);
+    bench::Buffer<float> c(size_t(B * M * N));
+    const float *pa = a.data<float>(), *pb = b.data<float>();
+    auto direct = [&] {
+      for (int64_t i = 0; i < B; ++i)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(M), int(N), int(K), 1.0f, pa + i * M * K, int(K),
+                    pb + i * K * N, int(N), 0.0f, c.data() + i * M * N, int(N));
+    };
+    auto framework = [&] { Tensor out = matmul(a, b); };
+    direct();
+    double diff = max_abs_diff(matmul(a, b), c);
+    report("batched", "[8,256,64]@[8,64,256]", 0, 2.0 * double(B * M * N * K), diff, compare(ctx, direct, framework));
+  }
+  print_allocator_delta(stats0);
+  ctx.results["matmul"] = rows;
+}
+
+// ---- ops -------------------------------------------------------------------------------------
+// Direct baselines: plain OpenMP loops over raw buffers, writing into preallocated memory.
+
+void direct_add(const float* x, const float* y, float* o, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) o[i] = x[i] + y[i];
+}
+
+void direct_exp(const float* x, float* o, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) o[i] = std::exp(x[i]);
+}
+
+void direct_add_row(const float* x, const float* row, float* o, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float* orow = o + r * cols;
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) orow[j] = xr[j] + row[j];
+  }
+}
+
+void direct_sum_last(const float* x, float* o, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    double acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < cols; ++j) acc += double(xr[j]);
+    o[r] = float(acc);
+  }
+}
+
+// Each thread owns a band of columns and walks all rows through it (row-contiguous reads).
+void direct_sum_first(const float* x, float* o, int64_t rows, int64_t cols) {
+#pragma omp parallel
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t c0 = cols * t / nt, c1 = cols * (t + 1) / nt, w = c1 - c0;
+    std::vector<double> acc(size_t(w), 0.0);
+    double* pacc = acc.data();
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * cols + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) pacc[j] += double(xr[j]);
+    }
+    for (int64_t j = 0; j < w; ++j) o[c0 + j] = float(pacc[j]);
+  }
+}
+
+void direct_softmax_last(const float* x, float* o, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float* orow = o + r * cols;
+    float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < cols; ++j) m = std::max(m, xr[j]);
+    double s = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      float e = std::exp(xr[j] - m);
+      orow[j] = e;
+      s += double(e);
+    }
+    const float inv = float(1.0 / s);
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) orow[j] *= inv;
+  }
+}
+
+void section_ops(Context& ctx) {
+  std::printf("\n== ops: attnlab ops (output allocated per call) vs plain OpenMP loops into preallocated buffers\n");
+  std::printf("   GB/s = nominal bytes (inputs read once + output written once) / time; ratio = direct / attnlab time\n\n");
+  const AllocatorStats stats0 = cpu_allocator::stats();
+  bench::Table table({{"op", 16, true},
+                      {"shape", 22, true},
+                      {"direct ms", 9},
+                      {"attnlab ms", 10},
+                      {"direct GB/s", 11},
+                      {"attnlab GB/s", 12},
+                      {"ratio", 6},
+                      {"max|diff|", 9},
+                      {"alloc/call", 10},
+                      {"pf/call", 7}});
+  table.header();
+  json rows = json::array();
+  auto report = [&](const std::string& name, const std::string& shape, double bytes, double diff, const Comparison& c) {
+    table.row({name, shape, fmt("%.3f", c.direct.median_ms), fmt("%.3f", c.framework.median_ms),
+               fmt("%.2f", bytes / c.direct.median_ms * 1e-6), fmt("%.2f", bytes / c.framework.median_ms * 1e-6),
+               fmt("%.3f", c.ratio), fmt("%.1e", diff), fmt("%.2f", c.framework.allocs_per_call),
+               fmt("%.2f", c.framework.minor_faults_per_call)});
+    json r = comparison_json(c);
+    r["op"] = name;
+    r["shape"] = shape;
+    r["bytes"] = bytes;
+    r["direct_gbps"] = bytes / c.direct.median_ms * 1e-6;
+    r["attnlab_gbps"] = bytes / c.framework.median_ms * 1e-6;
+    r["max_abs_diff"] = diff;
+    rows.push_back(r);
+  };
+
+  const int64_t N = ctx.opt.quick ? (int64_t(1) << 20) : (int64_t(16) << 20);
+  const int64_t R = ctx.opt.quick ? 1024 : 4096, C = R;
+  const double f = sizeof(float);
+  uint64_t stream = 100;
+
+  {
+    Tensor x = random_tensor(ctx, {N}, stream++), y = random_tensor(ctx, {N}, stream++);
+    bench::Buffer<float> o{size_t(N)};
+    const float *px = x.data<float>(), *py = y.data<float>();
+    auto direct = [&] { direct_add(px, py, o.data(), N); };
+    auto framework = [&] { Tensor out = add(x, y); };
+    direct();
+    double diff = max_abs_diff(add(x, y), o);
+    report("add", shape_text({N}) + "+" + shape_text({N}), 3 * f * double(N), diff, compare(ctx, direct, framework));
+
+    auto direct_e = [&] { direct_exp(px, o.data(), N); };
+    auto framework_e = [&] { Tensor out = exp(x); };
+    direct_e();
+    diff = max_abs_diff(exp(x), o);
+    report("exp", shape_text({N}), 2 * f * double(N), diff, compare(ctx, direct_e, framework_e));
+  }
+  {
+    Tensor x = random_tensor(ctx, {R, C}, stream++), v = random_tensor(ctx, {C}, stream++);
+    bench::Buffer<float> o(size_t(R * C)), red(size_t(std::max(R, C)));
+    const float *px = x.data<float>(), *pv = v.data<float>();
+    const double nx = double(R * C);
+
+    auto d_badd = [&] { direct_add_row(px, pv, o.data(), R, C); };
+    auto f_badd = [&] { Tensor out = add(x, v); };
+    d_badd();
+    double diff = max_abs_diff(add(x, v), o);
+    report("broadcast add", shape_text({R, C}) + "+" + shape_text({C}), f * (2 * nx + double(C)), diff,
+           compare(ctx, d_badd, f_badd));
+
+    auto d_sum1 = [&] { direct_sum_last(px, red.data(), R, C); };
+    auto f_sum1 = [&] { Tensor out = sum(x, -1); };
+    d_sum1();
+    diff = max_abs_diff(sum(x, -1), red);
+    report("sum(dim=-1)", shape_text({R, C}), f * (nx + double(R)), diff, compare(ctx, d_sum1, f_sum1));
+
+    auto d_sum0 = [&] { direct_sum_first(px, red.data(), R, C); };
+    auto f_sum0 = [&] { Tensor out = sum(x, 0); };
+    d_sum0();
+    diff = max_abs_diff(sum(x, 0), red);
+    report("sum(dim=0)", shape_text({R, C}), f * (nx + double(C)), diff, compare(ctx, d_sum0, f_sum0));
+
+    auto d_sm = [&] { direct_softmax_last(px, o.data(), R, C); };
+    auto f_sm = [&] { Tensor out = softmax(x, -1); };
+    d_sm();
+    diff = max_abs_diff(softmax(x, -1), o);
+    report("softmax(dim=-1)", shape_text({R, C}), 2 * f * nx, diff, compare(ctx, d_sm, f_sm));
+  }
+  print_allocator_delta(stats0);
+  ctx.results["ops"] = rows;
+}
+
+// ---- registry and driver -------------------------------------------------------------------
+
+const Section kSections[] = {
+    {"matmul", "attnlab::matmul vs direct cblas_sgemm: square n, a.t()@b, batched", section_matmul},
+    {"ops", "elementwise, broadcast, reductions, softmax vs plain OpenMP loops", section_ops},
+};
+
+void print_help(FILE* out) {
+  std::fprintf(out,
+               "usage: attnlab-bench [SECTION...] [options]      (also: tools/attnlab bench ...)\n"
+               "\n"
+               "Times attnlab against direct baselines (raw cblas / plain OpenMP loops into preallocated\n"
+               "buffers) side by side: warm-up, then interleaved repetitions with alternating order, each\n"
+               "measurement at least --min-time-ms long. Tables show median per-call times and the median\n"
+               "of the per-repetition ratios direct/attnlab (>= 1: attnlab as fast as the baseline).\n"
+               "\n"
+               "sections (default: all):\n");
+  for (const Section& s : kSections) std::fprintf(out, "  %-10s %s\n", s.name, s.summary);
+  std::fprintf(out,
+               "  %-10s every section above, in order\n"
+               "\n"
+               "options:\n"
+               "  --reps N          interleaved repetitions per comparison (default 7; --quick: 3)\n"
+               "  --warmup N        untimed calls per variant first (default 2; --quick: 1)\n"
+               "  --min-time-ms MS  minimum length of one measurement (default 50; --quick: 5)\n"
+               "  --quick           small sizes, for a smoke run\n"
+               "  --threads N       set OpenMP and OpenBLAS thread counts (default: leave as configured)\n"
+               "  --json FILE       also write machine-readable results to FILE\n"
+               "  --list            list the sections and exit\n"
+               "  -h, --help        this help\n",
+               "all");
+}
+
+[[noreturn]] void usage_error(const std::string& msg) {
+  std::fprintf(stderr, "attnlab-bench: %s\n\n", msg.c_str());
+  print_help(stderr);
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  auto value = [&](int& i) -> std::string {
+    if (i + 1 >= argc) usage_error(std::string(argv[i]) + " needs a value");
+    return argv[++i];
+  };
+  auto int_value = [&](int& i, int lo) {
+    std::string flag = argv[i], v = value(i);
+    char* end = nullptr;
+    long x = std::strtol(v.c_str(), &end, 10);
+    if (*end || v.empty() || x < lo || x > 1000000) usage_error(flag + ": expected an integer >= " + std::to_string(lo) + ", got '" + v + "'");
+    return int(x);
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      print_help(stdout);
+      std::exit(0);
+    } else if (a == "--list") {
+      for (const Section& s : kSections) std::printf("%-10s %s\n", s.name, s.summary);
+      std::exit(0);
+    } else if (a == "--reps") {
+      o.reps = int_value(i, 1);
+    } else if (a == "--warmup") {
+      o.warmup = int_value(i, 0);
+    } else if (a == "--min-time-ms") {
+      std::string v = value(i);
+      char* end = nullptr;
+      o.min_time_ms = std::strtod(v.c_str(), &end);
+      if (*end || v.empty() || !(o.min_time_ms >= 0)) usage_error("--min-time-ms: expected a number >= 0, got '" + v + "'");
+    } else if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--threads") {
+      o.threads = int_value(i, 1);
+    } else if (a == "--json") {
+      o.json_path = value(i);
+    } else if (!a.empty() && a[0] == '-') {
+      usage_error("unknown option '" + a + "'");
+    } else if (a == "all") {
+      for (const Section& s : kSections) o.sections.push_back(s.name);
+    } else {
+      bool known = false;
+      for (const Section& s : kSections) known = known || a == s.name;
+      if (!known) usage_error("unknown section '" + a + "'");
+      o.sections.push_back(a);
+    }
+  }
+  if (o.sections.empty())
+    for (const Section& s : kSections) o.sections.push_back(s.name);
+  return o;
+}
+
+std::string local_time() {
+  std::time_t t = std::time(nullptr);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S %Z", std::localtime(&t));
+  return buf;
+}
+
+std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v ? v : fallback;
+}
+
+int run(int argc, char** argv) {
+  Context ctx;
+  ctx.opt = parse(argc, argv);
+  const Options& o = ctx.opt;
+  ctx.timing.reps = o.reps > 0 ? o.reps : (o.quick ? 3 : 7);
+  ctx.timing.warmup = o.warmup >= 0 ? o.warmup : (o.quick ? 1 : 2);
+  ctx.timing.min_time_ms = o.min_time_ms >= 0 ? o.min_time_ms : (o.quick ? 5 : 50);
+  if (o.threads > 0) {
+    omp_set_num_threads(o.threads);
+    cpu::set_blas_threads(o.threads);
+  }
+  char host[256] = "?";
+  gethostname(host, sizeof host - 1);
+  const std::string date = local_time();
+  const int omp_threads = omp_get_max_threads(), blas_threads = cpu::blas_threads();
+  std::printf("# attnlab-bench  %s  host %s  |  OpenMP threads %d, BLAS threads %d (%s)  |  %s sizes, %d reps "
+              "interleaved (order alternating), %d warm-up, >= %.0f ms per measurement, medians\n",
+              date.c_str(), host, omp_threads, blas_threads, openblas_get_config(), o.quick ? "quick" : "full",
+              ctx.timing.reps, ctx.timing.warmup, ctx.timing.min_time_ms);
+  std::fflush(stdout);
+
+  const double t0 = bench::now_ms();
+  for (const std::string& name : o.sections)
+    for (const Section& s : kSections)
+      if (name == s.name) s.run(ctx);
+
+  const AllocatorStats st = cpu_allocator::stats();
+  const double requests = double(st.fresh_allocations + st.cache_hits);
+  std::printf("\n== caching allocator (whole run)\n");
+  std::printf("fresh allocations %llu, cache hits %llu (hit rate %.1f%%), in use %.1f MiB, peak %.1f MiB, cached %.1f MiB\n",
+              (unsigned long long)st.fresh_allocations, (unsigned long long)st.cache_hits,
+              requests > 0 ? 100.0 * double(st.cache_hits) / requests : 0.0, double(st.bytes_in_use) / 1048576.0,
+              double(st.peak_bytes_in_use) / 1048576.0, double(st.bytes_cached) / 1048576.0);
+  std::printf("threads: omp_get_max_threads() = %d, BLAS threads = %d (OMP_NUM_THREADS=%s, OPENBLAS_NUM_THREADS=%s)\n",
+              omp_get_max_threads(), cpu::blas_threads(), env_or("OMP_NUM_THREADS", "unset").c_str(),
+              env_or("OPENBLAS_NUM_THREADS", "unset").c_str());
+  std::printf("total wall time %.1f s\n", (bench::now_ms() - t0) / 1000.0);
+
+  if (!o.json_path.empty()) {
+    json doc = {{"meta",
+                 {{"date", date},
+                  {"host", host},
+                  {"omp_threads", omp_threads},
+                  {"blas_threads", blas_threads},
+                  {"openblas_config", openblas_get_config()},
+                  {"quick", o.quick},
+                  {"reps", ctx.timing.reps},
+                  {"warmup", ctx.timing.warmup},
+                  {"min_time_ms", ctx.timing.min_time_ms},
+                  {"ratio", "direct time / attnlab time, median of paired interleaved repetitions"}}},
+                {"sections", ctx.results},
+                {"allocator",
+                 {{"fresh_allocations", st.fresh_allocations},
+                  {"cache_hits", st.cache_hits},
+                  {"bytes_in_use", st.bytes_in_use},
+                  {"peak_bytes_in_use", st.peak_bytes_in_use},
+                  {"bytes_cached", st.bytes_cached}}}};
+    std::ofstream f(o.json_path);
+    if (!f) {
+      std::fprintf(stderr, "attnlab-bench: cannot write %s\n", o.json_path.c_str());
+      return 1;
+    }
+    f << doc.dump(2) << "\n";
+    std::printf("results written to %s\n", o.json_path.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace attnlab
+
+int main(int argc, char** argv) {
+  try {
+    return attnlab::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attnlab-bench: error: %s\n", e.what());
+    return 1;
+  }
+}
