@@ -1,0 +1,59 @@
+// Character/byte-level language-model training as `attnlab train` runs it: data, model, optimizer,
+// schedule, periodic validation, metrics JSONL, checkpoints and exact resume.
+#pragma once
+#include <iosfwd>
+#include <memory>
+#include <vector>
+
+#include "datasets/corpus.h"
+#include "datasets/tokenizer.h"
+#include "optim/optimizer.h"
+#include "optim/schedule.h"
+#include "tools/train_config.h"
+
+namespace attnlab {
+
+struct EvalResult {
+  double loss = 0;  // nats per token
+  double bpc = 0;   // bits per character (= per token for char/byte tokenizers)
+  int64_t tokens = 0;
+};
+
+class LMTrainer {
+ public:
+  // resume: continue from out_dir/checkpoint if it exists (a fresh start otherwise).
+  LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log);
+  ~LMTrainer();
+
+  // Trains until cfg.steps (or until `stop_at` steps when >= 0, or the time limit); returns the
+  // training losses of the steps run by this call, in order.
+  std::vector<double> run(int64_t stop_at = -1);
+  EvalResult evaluate(const std::string& split, int64_t max_tokens);
+  void save();  // checkpoint now
+
+  int64_t step() const { return step_; }
+  CausalLM& model() { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  std::string checkpoint_prefix() const;
+
+ private:
+  void log_metrics(const nlohmann::json& row);
+  TrainConfig cfg_;
+  std::ostream& log_;
+  TextCorpus corpus_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::vector<int64_t> val_tokens_, test_tokens_;
+  std::unique_ptr<LMBatcher> batcher_;
+  std::unique_ptr<CausalLM> model_;
+  std::unique_ptr<Optimizer> opt_;
+  LRSchedule schedule_;
+  int64_t step_ = 0;
+  double train_seconds_ = 0;  // accumulated over resumes
+};
+
+// Builds the optimizer a config names over `params`.
+std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const std::vector<Tensor>& params);
+// Loads the tokenizer a run directory saved (char vocabulary or byte).
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& out_dir);
+
+}  // namespace attnlab

@@ -1,0 +1,46 @@
+// The training configuration read by `attnlab train --config X.json` (see configs/*.json), validated
+// up front so a typo fails before any work is done.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "layers/transformer.h"
+
+namespace attnlab {
+
+struct DataConfig {
+  std::string corpus = "kjv";     // "kjv" or a path to a plain text file
+  std::string tokenizer = "char"; // char | byte
+  int64_t seq_len = 256;
+  int64_t batch_size = 16;
+};
+
+struct OptimConfig {
+  std::string name = "adamw";  // adamw | adam | sgd
+  double lr = 3e-3;
+  double weight_decay = 0.01;
+  double beta1 = 0.9, beta2 = 0.99, eps = 1e-8;
+  double momentum = 0.9;  // sgd only
+  double clip = 1.0;      // global-norm clipping; 0 disables
+  nlohmann::json schedule = {{"kind", "cosine"}, {"warmup_steps", 100}};
+};
+
+struct TrainConfig {
+  ModelConfig model;
+  DataConfig data;
+  OptimConfig optim;
+  int64_t steps = 1000;
+  int64_t eval_interval = 200;
+  int64_t eval_tokens = 65536;  // validation tokens per periodic evaluation (0: the whole split)
+  int64_t checkpoint_interval = 500;
+  int64_t log_interval = 10;
+  double time_limit_s = 0;      // > 0: stop (and checkpoint) when training time passes this
+  uint64_t seed = 0;
+  std::string out_dir = "runs/default";
+  nlohmann::json source;        // the JSON it was read from
+
+  static TrainConfig from_json(const nlohmann::json& j);
+  static TrainConfig from_file(const std::string& path);
+};
+
+}  // namespace attnlab
