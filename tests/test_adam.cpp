@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "autograd/grad_mode.h"
 #include "optim/adam.h"
 #include "optim/schedule.h"
 

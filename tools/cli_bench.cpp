@@ -11,6 +11,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -26,7 +27,10 @@
 #include "core/cpu/blas.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "layers/transformer.h"
+#include "optim/adam.h"
 #include "tools/bench_util.h"
+#include "tools/pytorch_baseline.h"
 
 namespace attnlab {
 namespace {
@@ -360,11 +364,81 @@ void section_ops(Context& ctx) {
   ctx.results["ops"] = rows;
 }
 
+// ---- lm: training tokens/s against PyTorch ------------------------------------------------------
+
+// One training step of the causal LM of ../shared/baselines/lm_bench.py (pre-LN, GELU, FFN 4d,
+// learned positions, untied head without bias, cross-entropy, Adam lr 3e-4) on random byte tokens.
+void section_lm(Context& ctx) {
+  struct Shape4 {
+    int64_t layers, d, heads, seq, batch;
+  };
+  std::vector<Shape4> configs = ctx.opt.quick ? std::vector<Shape4>{{2, 64, 2, 64, 4}}
+                                              : std::vector<Shape4>{{2, 128, 4, 256, 16}, {4, 256, 4, 512, 8}};
+  std::printf("\n== lm: causal LM training step (fwd + bwd + Adam), tokens/s; PyTorch = shared/baselines/lm_bench.py\n");
+  std::printf("   interleaved: attnlab, PyTorch, attnlab, PyTorch (each a median over its steps); ratio = attnlab / PyTorch\n\n");
+  std::printf("%-22s %12s %12s %12s %12s %8s\n", "config", "attnlab ms", "attnlab tok/s", "torch ms", "torch tok/s",
+              "ratio");
+  json rows = json::array();
+  const int steps = ctx.opt.quick ? 2 : 6;
+  for (const Shape4& c : configs) {
+    ModelConfig mc;
+    mc.vocab_size = 256;
+    mc.d_model = c.d;
+    mc.n_layers = c.layers;
+    mc.n_heads = c.heads;
+    mc.d_ff = 4 * c.d;
+    mc.max_len = c.seq;
+    CausalLM model(mc);
+    AdamOptions ao;
+    ao.lr = 3e-4;
+    Adam opt(model.parameters(), ao);
+    Generator g(ctx.seed, 5);
+    Tensor x = randint(0, 256, {c.batch, c.seq + 1}, &g);
+    Tensor inp = x.narrow(1, 0, c.seq).contiguous(), tgt = x.narrow(1, 1, c.seq).contiguous();
+    auto ours = [&] {
+      std::vector<double> ts;
+      for (int i = 0; i < steps + 1; ++i) {
+        auto t0 = std::chrono::steady_clock::now();
+        opt.zero_grad();
+        Tensor loss = model.loss(inp, tgt);
+        loss.backward();
+        opt.step();
+        (void)loss.item<float>();
+        if (i > 0) ts.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      return bench::median(ts);
+    };
+    char args[256];
+    std::snprintf(args, sizeof args, "--layers %lld --d %lld --heads %lld --seq %lld --batch %lld --steps %d --threads %d",
+                  (long long)c.layers, (long long)c.d, (long long)c.heads, (long long)c.seq, (long long)c.batch, steps,
+                  ctx.opt.threads > 0 ? ctx.opt.threads : omp_get_max_threads());
+    std::vector<double> a_ms, t_ms;
+    std::string why;
+    for (int rep = 0; rep < 2; ++rep) {
+      a_ms.push_back(ours());
+      if (auto j = run_pytorch_baseline("lm_bench.py", args, &why)) t_ms.push_back((*j)["step_ms_median"].get<double>());
+    }
+    const double tokens = double(c.batch * c.seq);
+    double am = bench::median(a_ms), tm = t_ms.empty() ? NAN : bench::median(t_ms);
+    char name[64];
+    std::snprintf(name, sizeof name, "%lldx%lld s%lld b%lld", (long long)c.layers, (long long)c.d, (long long)c.seq,
+                  (long long)c.batch);
+    std::printf("%-22s %12.1f %12.0f %12.1f %12.0f %8.2f\n", name, am, tokens / am * 1e3, tm, tokens / tm * 1e3,
+                tm / am);
+    if (t_ms.empty()) std::printf("   (PyTorch column empty: %s)\n", why.c_str());
+    rows.push_back({{"config", name}, {"attnlab_step_ms", a_ms}, {"pytorch_step_ms", t_ms},
+                    {"attnlab_tokens_per_s", tokens / am * 1e3}, {"pytorch_tokens_per_s", tokens / tm * 1e3},
+                    {"ratio", tm / am}});
+  }
+  ctx.results["lm"] = rows;
+}
+
 // ---- registry and driver -------------------------------------------------------------------
 
 const Section kSections[] = {
     {"matmul", "attnlab::matmul vs direct cblas_sgemm: square n, a.t()@b, batched", section_matmul},
     {"ops", "elementwise, broadcast, reductions, softmax vs plain OpenMP loops", section_ops},
+    {"lm", "causal LM training tokens/s vs PyTorch (shared/baselines/lm_bench.py)", section_lm},
 };
 
 void print_help(FILE* out) {
