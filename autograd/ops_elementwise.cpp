@@ -153,8 +153,17 @@ Tensor pow(const Tensor& a, const Tensor& b) {
                const Tensor& g, const std::vector<bool>& need) {
              const Tensor &av = sa.get(), &bv = sb.get();
              Tensor ga, gb;
-             if (need[0]) ga = sum_to(mul(g, mul(bv, pow(av, sub(bv, ones_like(bv))))), av.shape());
-             if (need[1]) gb = sum_to(mul(g, mul(sy.get(), log(av))), bv.shape());
+             // Masked as in PyTorch: b a^(b-1) is 0 * inf = NaN at a = 0, b = 0, where the
+             // derivative is 0; a^b log a is 0 * -inf = NaN at a = 0, b >= 0, where it is 0 too.
+             const Tensor zero = zeros({}, g.dtype());
+             if (need[0]) {
+               Tensor da = where(eq(bv, zero), zero, mul(bv, pow(av, sub(bv, ones_like(bv)))));
+               ga = sum_to(mul(g, da), av.shape());
+             }
+             if (need[1]) {
+               Tensor at_zero = where(ge(bv, zero), eq(av, zero), zeros({}, DType::b8));
+               gb = sum_to(mul(g, where(at_zero, zero, mul(sy.get(), log(av)))), bv.shape());
+             }
              return std::vector<Tensor>{ga, gb};
            });
   return out;
@@ -249,7 +258,7 @@ static const OpDef kRelu("relu", "dx = g [x > 0]",
                           {"non-contiguous", [](Generator& g) { return Inputs{distinct(g, {4, 3}, 0.1).t()}; },
                            [](const Inputs& in) { return relu(in[0]); }}});
 Tensor relu(const Tensor& x) {
-  return unary_op(kRelu, x, [](auto v) { return v > 0 ? v : decltype(v)(0); },
+  return unary_op(kRelu, x, [](auto v) { return v > 0 || v != v ? v : decltype(v)(0); },  // NaN propagates
                   [](auto v, auto) { return v > 0 ? decltype(v)(1) : decltype(v)(0); });
 }
 
@@ -311,7 +320,10 @@ static const OpDef kPowScalar("pow_scalar", "dx = g p x^(p-1)",
                                 [](const Inputs& in) { return pow(in[0], -1.5); }}});
 Tensor pow(const Tensor& x, double p) {
   return unary_op(kPowScalar, x, [p](auto v) { return std::pow(v, decltype(v)(p)); },
-                  [p](auto v, auto) { using T = decltype(v); return T(p) * std::pow(v, T(p - 1)); });
+                  [p](auto v, auto) {  // p = 0: 0, not 0 * 0^-1 = NaN at x = 0
+                    using T = decltype(v);
+                    return p == 0 ? T(0) : T(p) * std::pow(v, T(p - 1));
+                  });
 }
 
 // ---- where / masks ---------------------------------------------------------------------------
@@ -349,6 +361,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+  if (mask.dtype() != DType::b8) fail<DTypeError>("masked_fill", "mask must be b8, got ", describe(mask));
   Shape s = broadcast_shapes("masked_fill", x.shape(), mask.shape());
   if (s != x.shape())
     fail<ShapeError>("masked_fill", "mask ", describe(mask), " must broadcast to the tensor's shape ", describe(x));

@@ -31,8 +31,14 @@ void for_each_index(const Tensor& index, F f) {
   }
 }
 
+// wrap_dim accepts dim 0 of a 0-d tensor (for reductions); indexing along it has no size to use.
+void check_not_0d(const char* op, const Tensor& x) {
+  if (x.dim() == 0) fail<IndexError>(op, "cannot index along a dim of a 0-d tensor");
+}
+
 // Checks the gather/scatter shape rule: same ndim, index.size(d) <= x.size(d) for d != dim.
 void check_gather_shapes(const char* op, const Tensor& x, int64_t dim, const Tensor& index) {
+  check_not_0d(op, x);
   if (index.dim() != x.dim())
     fail<ShapeError>(op, "index ", describe(index), " must have as many dims as the input ", describe(x));
   for (int64_t d = 0; d < x.dim(); ++d)
@@ -119,10 +125,13 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index) {
   int64_t d = wrap_dim("gather", dim, x.dim());
   check_gather_shapes("gather", x, d, index);
   Tensor out = gather_raw(x, d, index);
+  // The index is saved with its version (here and in the ops below): rewriting it in place before
+  // backward would otherwise send the gradient to the wrong places without a word.
   if (needs_grad({x}))
-    record(out, kGather, {x, index}, [s = x.shape(), d, index](const Tensor& g, const std::vector<bool>&) {
-      return std::vector<Tensor>{scatter_add_raw(zeros(s, g.dtype()), d, index, g), Tensor()};
-    });
+    record(out, kGather, {x, index},
+           [s = x.shape(), d, si = SavedTensor(index, "gather")](const Tensor& g, const std::vector<bool>&) {
+             return std::vector<Tensor>{scatter_add_raw(zeros(s, g.dtype()), d, si.get(), g), Tensor()};
+           });
   return out;
 }
 
@@ -146,13 +155,15 @@ Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tens
   Tensor out = scatter_add_raw(x, d, index, src);
   if (needs_grad({x, src}))
     record(out, kScatterAdd, {x, index, src},
-           [d, index, src_shape = src.shape()](const Tensor& g, const std::vector<bool>& need) {
+           [d, si = SavedTensor(index, "scatter_add"), src_shape = src.shape()](const Tensor& g,
+                                                                                 const std::vector<bool>& need) {
              Tensor gsrc;
              if (need[2]) {
+               const Tensor& idx = si.get();
                gsrc = zeros(src_shape, g.dtype());
-               Tensor part = gather_raw(g, d, index);
+               Tensor part = gather_raw(g, d, idx);
                Tensor view = gsrc;
-               for (int64_t i = 0; i < index.dim(); ++i) view = view.narrow(i, 0, index.shape()[i]);
+               for (int64_t i = 0; i < idx.dim(); ++i) view = view.narrow(i, 0, idx.shape()[i]);
                cpu::copy_into(part, view);
              }
              return std::vector<Tensor>{need[0] ? g : Tensor(), Tensor(), gsrc};
@@ -173,15 +184,17 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   check_index("index_select", index);
   if (index.dim() != 1) fail<ShapeError>("index_select", "index must be 1-D, got ", describe(index));
   int64_t d = wrap_dim("index_select", dim, x.dim());
+  check_not_0d("index_select", x);
   Tensor out;
   {
     NoGradGuard ng;
     out = index_select_raw(x, d, index);
   }
   if (needs_grad({x}))
-    record(out, kIndexSelect, {x, index}, [s = x.shape(), d, index](const Tensor& g, const std::vector<bool>&) {
-      return std::vector<Tensor>{index_add_raw(zeros(s, g.dtype()), d, index, g), Tensor()};
-    });
+    record(out, kIndexSelect, {x, index},
+           [s = x.shape(), d, si = SavedTensor(index, "index_select")](const Tensor& g, const std::vector<bool>&) {
+             return std::vector<Tensor>{index_add_raw(zeros(s, g.dtype()), d, si.get(), g), Tensor()};
+           });
   return out;
 }
 
@@ -196,6 +209,7 @@ Tensor index_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor
   if (x.dtype() != src.dtype()) fail<DTypeError>("index_add", "dtype mismatch: ", describe(x), " and ", describe(src));
   if (index.dim() != 1) fail<ShapeError>("index_add", "index must be 1-D, got ", describe(index));
   int64_t d = wrap_dim("index_add", dim, x.dim());
+  check_not_0d("index_add", x);
   Shape expect = x.shape();
   expect[d] = index.numel();
   if (src.shape() != expect)
@@ -206,9 +220,11 @@ Tensor index_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor
     out = index_add_raw(x, d, index, src);
   }
   if (needs_grad({x, src}))
-    record(out, kIndexAdd, {x, index, src}, [d, index](const Tensor& g, const std::vector<bool>& need) {
-      return std::vector<Tensor>{need[0] ? g : Tensor(), Tensor(), need[2] ? index_select_raw(g, d, index) : Tensor()};
-    });
+    record(out, kIndexAdd, {x, index, src},
+           [d, si = SavedTensor(index, "index_add")](const Tensor& g, const std::vector<bool>& need) {
+             return std::vector<Tensor>{need[0] ? g : Tensor(), Tensor(),
+                                        need[2] ? index_select_raw(g, d, si.get()) : Tensor()};
+           });
   return out;
 }
 
@@ -262,6 +278,7 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
 
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim) {
   int64_t d = wrap_dim("split", dim, x.dim());
+  check_not_0d("split", x);
   int64_t total = 0;
   for (int64_t s : sizes) {
     if (s < 0) fail<ValueError>("split", "negative split size ", s);
@@ -280,6 +297,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 
 std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim) {
   if (split_size <= 0) fail<ValueError>("split", "split size must be positive, got ", split_size);
+  check_not_0d("split", x);
   int64_t n = x.shape()[wrap_dim("split", dim, x.dim())];
   std::vector<int64_t> sizes;
   for (int64_t o = 0; o < n; o += split_size) sizes.push_back(std::min(split_size, n - o));

@@ -213,8 +213,8 @@ Tensor scatter_to_index(const Tensor& g, const Tensor& idx, const Shape& shape, 
 Tensor extreme(const OpDef& def, const Tensor& x, int64_t dim, bool keepdim, bool want_max) {
   const char* op = def.name.c_str();
   check_float(op, x);
+  int64_t d = wrap_dim(op, dim, x.dim());  // before the 0-d shortcut, so a bad dim is refused there too
   if (x.dim() == 0) return x.clone();
-  int64_t d = wrap_dim(op, dim, x.dim());
   auto [vals, idx] = extreme_raw(op, x, d, keepdim, want_max);
   if (needs_grad({x}))
     record(vals, def, {x}, [idx, s = x.shape(), d, keepdim](const Tensor& g, const std::vector<bool>&) {
@@ -271,7 +271,7 @@ Tensor row_normalise(const char* op, const Tensor& x, int64_t dim, RowOp kind, b
       const int64_t base = o * l.R * l.inner + i, st = l.inner;
       T m = -std::numeric_limits<T>::infinity();
       for (int64_t r = 0; r < l.R; ++r) m = std::max(m, px[base + r * st]);
-      if (std::isnan(m) || m == -std::numeric_limits<T>::infinity()) m = 0;  // all -inf: avoid inf - inf
+      if (!std::isfinite(m)) m = 0;  // all -inf, or a +inf entry: avoid inf - inf (NaN still propagates via s)
       double s = 0;
       if (kind == RowOp::softmax) {  // one exp per element: store it, then scale
         for (int64_t r = 0; r < l.R; ++r) {
@@ -279,7 +279,7 @@ Tensor row_normalise(const char* op, const Tensor& x, int64_t dim, RowOp kind, b
           po[base + r * st] = e;
           s += double(e);
         }
-        const T inv = T(s > 0 ? 1.0 / s : 0.0);  // a fully masked (all -inf) row gives zeros, not NaN
+        const T inv = T(s == 0 ? 0.0 : 1.0 / s);  // a fully masked (all -inf) row gives zeros; NaN stays NaN
         for (int64_t r = 0; r < l.R; ++r) po[base + r * st] *= inv;
         return;
       }
@@ -288,8 +288,12 @@ Tensor row_normalise(const char* op, const Tensor& x, int64_t dim, RowOp kind, b
       if (kind == RowOp::logsumexp) {
         po[o * l.inner + i] = lse;
       } else {
-        for (int64_t r = 0; r < l.R; ++r)  // all -inf row: -inf everywhere, not -inf - -inf = NaN
-          po[base + r * st] = s > 0 ? px[base + r * st] - lse : -std::numeric_limits<T>::infinity();
+        // (x - m) - log s, not x - lse: lse rounded to T loses the low digits when |x| is large
+        // (f32 at 1e4 has a spacing of 1e-3). An all -inf row gives -inf everywhere, not NaN.
+        const double log_s = std::log(s);
+        for (int64_t r = 0; r < l.R; ++r)
+          po[base + r * st] =
+              s == 0 ? -std::numeric_limits<T>::infinity() : T(double(px[base + r * st]) - double(m) - log_s);
       }
     });
   });
@@ -325,7 +329,7 @@ static const OpDef kSoftmax("softmax", "dx = y (g - sum(g y))",
                               [](const Inputs& in) { return softmax(in[0], 0); }}});
 Tensor softmax(const Tensor& x, int64_t dim) {
   int64_t d = wrap_dim("softmax", dim, x.dim());
-  if (x.dim() == 0) return ones_like(x);
+  if (x.dim() == 0) return softmax(x.reshape({1}), 0).reshape({});  // 1, still on the graph (gradient 0)
   Tensor out = row_normalise("softmax", x, d, RowOp::softmax, true);
   if (needs_grad({x}))
     record(out, kSoftmax, {x}, [sy = SavedTensor(out.detach(), "softmax"), d](const Tensor& g, const std::vector<bool>&) {
@@ -344,7 +348,7 @@ static const OpDef kLogSoftmax("log_softmax", "dx = g - exp(y) sum(g)",
                                  [](const Inputs& in) { return log_softmax(in[0], 1); }}});
 Tensor log_softmax(const Tensor& x, int64_t dim) {
   int64_t d = wrap_dim("log_softmax", dim, x.dim());
-  if (x.dim() == 0) return zeros_like(x);
+  if (x.dim() == 0) return log_softmax(x.reshape({1}), 0).reshape({});  // 0, still on the graph
   Tensor out = row_normalise("log_softmax", x, d, RowOp::log_softmax, true);
   if (needs_grad({x}))
     record(out, kLogSoftmax, {x},

@@ -216,6 +216,7 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step) const 
 
 Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   int64_t w = wrap_dim("narrow", d, dim());
+  if (dim() == 0) fail<IndexError>("narrow", "cannot narrow a 0-d tensor");
   if (start < 0 || length < 0 || start + length > shape()[w])
     fail<IndexError>("narrow", "range [", start, ", ", start + length, ") out of bounds for dim ", d, " of ",
                      describe(*this));
@@ -224,6 +225,7 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
 
 Tensor Tensor::select(int64_t d, int64_t index) const {
   int64_t w = wrap_dim("select", d, dim());
+  if (dim() == 0) fail<IndexError>("select", "cannot select from a 0-d tensor");
   const int64_t n = shape()[w];
   if (index < -n || index >= n)
     fail<IndexError>("select", "index ", index, " out of range for dim ", d, " of ", describe(*this));
@@ -249,6 +251,7 @@ Tensor Tensor::expand(const Shape& s) const {
     }
     int64_t have = shape()[i - lead];
     if (s[i] == -1) target[i] = have;
+    if (target[i] < 0) fail<ShapeError>("expand", "invalid size in ", shape_str(s));
     if (have == target[i]) st[i] = strides()[i - lead];
     else if (have != 1) fail<ShapeError>("expand", "cannot expand ", describe(*this), " to ", shape_str(s));
   }

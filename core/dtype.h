@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -64,6 +65,14 @@ decltype(auto) dispatch_all(DType t, F&& f) {
     case DType::b8: return f.template operator()<uint8_t>();
   }
   return f.template operator()<float>();
+}
+
+// Converts one element between scalar types. b8 (uint8_t) holds 0 or 1: any non-zero value, NaN
+// included, becomes 1, as a C++ bool cast would (a plain uint8_t cast truncates 0.5 to 0, keeps 2).
+template <class D, class S>
+D convert(S v) {
+  if constexpr (std::is_same_v<D, uint8_t>) return D(v != S(0));
+  else return D(v);
 }
 
 using Shape = std::vector<int64_t>;

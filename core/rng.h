@@ -2,6 +2,7 @@
 // pure function of (seed, stream, offset + i), so results do not depend on threading and a GPU
 // kernel can draw the same numbers.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
@@ -41,11 +42,15 @@ class Generator {
 Generator& default_generator();
 void manual_seed(uint64_t seed);
 
-// Uniforms strictly inside (0, 1): safe under log.
-inline float u32_to_open_float(uint32_t x) { return (float(x >> 8) + 0.5f) * (1.0f / 16777216.0f); }
+// Uniforms strictly inside (0, 1): safe under log. (k + 0.5) / 2^24 for the top k rounds to exactly
+// 1 in float (likewise 2^53 in double), so the result is capped at the largest value below 1.
+inline float u32_to_open_float(uint32_t x) {
+  return std::min((float(x >> 8) + 0.5f) * (1.0f / 16777216.0f), 0x1.fffffep-1f);
+}
 inline double u64_to_open_double(uint32_t hi, uint32_t lo) {
   uint64_t v = (uint64_t(hi) << 21) ^ (uint64_t(lo) >> 11);  // 53 bits
-  return (double(v & ((uint64_t(1) << 53) - 1)) + 0.5) * (1.0 / 9007199254740992.0);
+  return std::min((double(v & ((uint64_t(1) << 53) - 1)) + 0.5) * (1.0 / 9007199254740992.0),
+                  0x1.fffffffffffffp-1);
 }
 
 }  // namespace attnlab

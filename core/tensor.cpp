@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <iomanip>
 
 #include "autograd/engine.h"
 #include "autograd/grad_mode.h"
@@ -25,8 +24,15 @@ TensorImpl& Tensor::impl() const {
   return *impl_;
 }
 
-int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim("size", d, dim())]; }
-int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim("stride", d, dim())]; }
+// wrap_dim lets a 0-d tensor name dim 0 (for reductions), but there is no size or stride to read.
+int64_t Tensor::size(int64_t d) const {
+  if (dim() == 0) fail<IndexError>("size", "dim ", d, " out of range for a 0-d tensor");
+  return shape()[wrap_dim("size", d, dim())];
+}
+int64_t Tensor::stride(int64_t d) const {
+  if (dim() == 0) fail<IndexError>("stride", "dim ", d, " out of range for a 0-d tensor");
+  return strides()[wrap_dim("stride", d, dim())];
+}
 
 bool Tensor::is_contiguous() const {
   int64_t expected = 1;
@@ -58,8 +64,9 @@ double Tensor::item_double() const {
   return dispatch_all(dtype(), [&]<class T>() { return double(*data<T>()); });
 }
 template <class T>
-T Tensor::item() const {
-  return T(item_double());
+T Tensor::item() const {  // read as the stored type: an i64 above 2^53 would not survive a double
+  if (numel() != 1) fail<ShapeError>("item", "needs a one-element tensor, got ", describe(*this));
+  return dispatch_all(dtype(), [&]<class S>() { return T(*data<S>()); });
 }
 template float Tensor::item<float>() const;
 template double Tensor::item<double>() const;
@@ -124,8 +131,21 @@ Tensor& Tensor::fill_(double v) {
   return *this;
 }
 
+namespace {
+// An expanded view (stride 0) maps several elements to one address: an in-place update would
+// apply to it several times, in no defined order. fill_ is harmless and stays allowed.
+void check_no_internal_overlap(const Tensor& t, const char* op) {
+  if (t.numel() == 0) return;  // e.g. [3, 0] has stride 0 on its size-3 dim, but nothing to write
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.strides()[d] == 0 && t.shape()[d] > 1)
+      fail<ValueError>(op, "in-place write to ", describe(t), ", an expanded view whose elements share memory; ",
+                       "write to a contiguous() copy instead");
+}
+}  // namespace
+
 Tensor& Tensor::copy_(const Tensor& src) {
   check_inplace(*this, "copy_");
+  check_no_internal_overlap(*this, "copy_");
   cpu::copy_into(src, *this);
   bump_version();
   return *this;
@@ -137,6 +157,7 @@ template <class F>
 void inplace_binary(const Tensor& self, const Tensor& other, const char* op, F f) {
   if (self.dtype() != other.dtype())
     fail<DTypeError>(op, "dtype mismatch: ", describe(self), " and ", describe(other));
+  check_no_internal_overlap(self, op);
   Shape b = broadcast_shapes(op, other.shape(), self.shape());
   if (b != self.shape())
     fail<ShapeError>(op, "cannot broadcast ", describe(other), " into the in-place target ", describe(self));
@@ -180,10 +201,15 @@ std::ostream& operator<<(std::ostream& os, const Tensor& t) {
   os << "Tensor(" << describe(t);
   if (t.requires_grad()) os << ", requires_grad";
   os << ", [";
-  std::vector<double> v = t.to_vector<double>();
-  size_t n = std::min<size_t>(v.size(), 16);
-  for (size_t i = 0; i < n; ++i) os << (i ? ", " : "") << std::setprecision(6) << v[i];
-  if (v.size() > n) os << ", ...";
+  const std::streamsize prec = os.precision(6);  // restored below: the caller's stream is not ours to change
+  auto print = [&](const auto& v) {  // i64 as integers: through double, 1234567 would print as 1.23457e+06
+    size_t n = std::min<size_t>(v.size(), 16);
+    for (size_t i = 0; i < n; ++i) os << (i ? ", " : "") << v[i];
+    if (v.size() > n) os << ", ...";
+  };
+  if (t.dtype() == DType::i64) print(t.to_vector<int64_t>());
+  else print(t.to_vector<double>());
+  os.precision(prec);
   return os << "])";
 }
 
@@ -219,7 +245,7 @@ Tensor arange(double start, double end, double step, DType t) {
   Tensor out = empty({n}, t);
   dispatch_all(t, [&]<class T>() {
     T* p = out.data<T>();
-    for (int64_t i = 0; i < n; ++i) p[i] = T(start + double(i) * step);
+    for (int64_t i = 0; i < n; ++i) p[i] = convert<T>(start + double(i) * step);
   });
   return out;
 }

@@ -46,6 +46,15 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   if (c.positions != "learned" && c.positions != "sinusoidal")
     fail<ValueError>("model config", "positions must be 'learned' or 'sinusoidal', got '", c.positions, "'");
   parse_activation(c.activation);
+  if (!c.attention.is_object() && !c.attention.is_string())
+    fail<ValueError>("model config", "attention must be an object like {\"type\": \"softmax\"}, got ", c.attention.dump());
+  const std::string type = c.attention.is_string() ? c.attention.get<std::string>() : c.attention.value("type", "softmax");
+  const auto types = attention_types();
+  if (std::find(types.begin(), types.end(), type) == types.end()) {
+    std::string known;
+    for (const auto& t : types) known += (known.empty() ? "" : ", ") + t;
+    fail<ValueError>("model config", "unknown attention type '", type, "' (known: ", known, ")");
+  }
   return c;
 }
 

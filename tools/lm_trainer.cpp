@@ -188,7 +188,9 @@ std::vector<double> LMTrainer::run(int64_t stop_at) {
     window_tokens += tokens_per_step;
     ema = std::isnan(ema) ? lv : 0.9 * ema + 0.1 * lv;
 
-    const bool eval_now = step_ % cfg_.eval_interval == 0 || step_ == end;
+    // Periodic work depends on the step only (not on where this call stops), so an interrupted and
+    // resumed run logs and evaluates exactly where an uninterrupted one does.
+    const bool eval_now = step_ % cfg_.eval_interval == 0 || step_ == cfg_.steps;
     if (step_ % cfg_.log_interval == 0 || eval_now) {
       double tps = window_s > 0 ? double(window_tokens) / window_s : 0;
       double eta = tps > 0 ? double((end - step_) * tokens_per_step) / tps : NAN;
