@@ -1,4 +1,4 @@
-// attnlab-demo: trains a 784-256-10 ReLU MLP on real Fashion-MNIST with attnlab's own autograd and
+// attnlab-mlp: trains a 784-256-10 ReLU MLP on real Fashion-MNIST with attnlab's own autograd and
 // SGD + momentum, printing the falling train loss and throughput, then the test accuracy.
 // Everything is built from library ops; no layer classes, so the whole model is visible here.
 #include <algorithm>
@@ -34,7 +34,7 @@ struct Options {
 
 void print_help(FILE* out) {
   std::fprintf(out,
-               "usage: attnlab-demo [options]      (also: tools/attnlab demo ...)\n"
+               "usage: attnlab-mlp [options]      (also: tools/attnlab demo mlp ...)\n"
                "\n"
                "Trains a 784-256-10 ReLU MLP on Fashion-MNIST (Debian package dataset-fashion-mnist) with\n"
                "attnlab autograd and SGD + momentum 0.9, then reports the test accuracy (about 85%%+).\n"
@@ -52,7 +52,7 @@ void print_help(FILE* out) {
 }
 
 [[noreturn]] void usage_error(const std::string& msg) {
-  std::fprintf(stderr, "attnlab-demo: %s (try --help)\n", msg.c_str());
+  std::fprintf(stderr, "attnlab-mlp: %s (try --help)\n", msg.c_str());
   std::exit(2);
 }
 
@@ -201,7 +201,7 @@ int run(int argc, char** argv) {
 
     double l = loss.item_double();
     if (!std::isfinite(l)) {
-      std::fprintf(stderr, "attnlab-demo: loss became %g at step %lld; try a smaller --lr\n", l, (long long)step);
+      std::fprintf(stderr, "attnlab-mlp: loss became %g at step %lld; try a smaller --lr\n", l, (long long)step);
       return 1;
     }
     window_loss += l;
@@ -236,10 +236,10 @@ int main(int argc, char** argv) {
   try {
     return attnlab::run(argc, argv);
   } catch (const attnlab::Error& e) {
-    std::fprintf(stderr, "attnlab-demo: error: %s\n", e.what());
+    std::fprintf(stderr, "attnlab-mlp: error: %s\n", e.what());
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "attnlab-demo: unexpected error: %s\n", e.what());
+    std::fprintf(stderr, "attnlab-mlp: unexpected error: %s\n", e.what());
     return 1;
   }
 }
