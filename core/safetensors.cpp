@@ -50,8 +50,8 @@ std::optional<DType> dtype_from_code(const std::string& s) {
 // The rest of the safetensors dtype list: recognised, so the error can say "unsupported" rather
 // than "unknown".
 bool is_other_safetensors_dtype(const std::string& s) {
-  static const char* const others[] = {"F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2",
-                                       "F4", "I8", "I16", "I32", "U8", "U16", "U32", "U64", "C64"};
+  static const char* const others[] = {"F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",
+                                       "I8",  "I16",  "I32",     "U8",      "U16",     "U32",     "U64",     "C64"};
   return std::find(std::begin(others), std::end(others), s) != std::end(others);
 }
 
@@ -143,15 +143,15 @@ FileDigest save_safetensors(const std::string& path, const std::map<std::string,
   std::vector<std::pair<std::string, Tensor>> order;
   for (auto& [name, t] : tensors) {
     if (!t.defined()) fail<ValueError>(op, path, ": tensor '", name, "' is undefined");
-    if (t.device() != Device::cpu) fail<ValueError>(op, path, ": tensor '", name, "' is on ", t.device(), ", not the CPU");
+    if (t.device() != Device::cpu)
+      fail<ValueError>(op, path, ": tensor '", name, "' is on ", t.device(), ", not the CPU");
     if (name == "__metadata__") fail<ValueError>(op, path, ": '__metadata__' is reserved and cannot name a tensor");
     order.emplace_back(name, t);
   }
   // Largest elements first, then by name (HuggingFace's order): every tensor starts at a multiple of
   // its element size, since the buffer starts at a multiple of 8.
-  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-    return a.second.element_size() > b.second.element_size();
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [](const auto& a, const auto& b) { return a.second.element_size() > b.second.element_size(); });
 
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
@@ -239,7 +239,8 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
     if (!d.is_number_unsigned() || d.get<uint64_t>() > kMaxElements)
       corrupt(path, "tensor '", name, "': shape ", shape.dump(), " is not a list of non-negative integers");
     uint64_t n = d.get<uint64_t>();
-    if (n > 0 && nonzero > kMaxElements / n) corrupt(path, "tensor '", name, "': shape ", shape.dump(), " is too large");
+    if (n > 0 && nonzero > kMaxElements / n)
+      corrupt(path, "tensor '", name, "': shape ", shape.dump(), " is too large");
     if (n > 0) nonzero *= n;
     numel *= n;
     e.shape.push_back(int64_t(n));
@@ -250,7 +251,8 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
     corrupt(path, "tensor '", name, "': data_offsets ", offs.dump(), " is not a pair of non-negative integers");
   e.begin = offs[0].get<uint64_t>();
   e.end = offs[1].get<uint64_t>();
-  if (e.begin > e.end) corrupt(path, "tensor '", name, "': data_offsets [", e.begin, ", ", e.end, "] end before they begin");
+  if (e.begin > e.end)
+    corrupt(path, "tensor '", name, "': data_offsets [", e.begin, ", ", e.end, "] end before they begin");
   if (e.end > buffer)
     corrupt(path, "tensor '", name, "': data_offsets [", e.begin, ", ", e.end, "] do not lie within the ", buffer,
             "-byte data buffer");
@@ -285,7 +287,8 @@ SafetensorsFile load_safetensors(const std::string& path) {
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= uint64_t(len[i]) << (8 * i);
   if (n > kMaxHeaderBytes) corrupt(path, "header length ", n, " exceeds the 100 MB limit");
-  if (n > size - 8) corrupt(path, "header length ", n, " exceeds the ", size - 8, " bytes after the length field (truncated?)");
+  if (n > size - 8)
+    corrupt(path, "header length ", n, " exceeds the ", size - 8, " bytes after the length field (truncated?)");
   const uint64_t buffer = size - 8 - n;
 
   std::string text(n, '\0');

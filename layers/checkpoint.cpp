@@ -96,7 +96,8 @@ Sidecar read_sidecar(const Prefix& pre) {
   nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) bad_sidecar(path, "sidecar is not a JSON object (truncated or corrupted?)");
 
-  if (!j.contains("format") || j["format"] != kFormat) bad_sidecar(path, "not an attnlab checkpoint sidecar (format is not '", kFormat, "')");
+  if (!j.contains("format") || j["format"] != kFormat)
+    bad_sidecar(path, "not an attnlab checkpoint sidecar (format is not '", kFormat, "')");
   if (!j.contains("format_version") || !j["format_version"].is_number_integer())
     bad_sidecar(path, "format_version is missing");
   if (j["format_version"].get<int64_t>() != kFormatVersion)
@@ -147,7 +148,8 @@ void check_fits(const std::string& sidecar, const Module& model, const StateDict
                        " in the checkpoint but ", shape_str(t.shape()), " in the model");
   }
   for (auto& [name, t] : weights)
-    if (!mine.count(name)) fail<ValueError>("load_checkpoint", sidecar, ": unexpected key '", name, "' (", describe(t), ")");
+    if (!mine.count(name))
+      fail<ValueError>("load_checkpoint", sidecar, ": unexpected key '", name, "' (", describe(t), ")");
 }
 
 // "ckpt.step12.optim.safetensors.tmp.345" -> true for base "ckpt": a file of ours (committed,
@@ -265,8 +267,8 @@ nlohmann::json generator_to_json(const Generator& g) {
 Generator generator_from_json(const nlohmann::json& j) {
   for (const char* key : {"seed", "stream", "offset"})
     if (!j.is_object() || !j.contains(key) || !j[key].is_number_unsigned())
-      fail<ValueError>("generator_from_json", "expected {\"seed\", \"stream\", \"offset\"} as non-negative integers, got ",
-                       j.dump());
+      fail<ValueError>("generator_from_json",
+                       "expected {\"seed\", \"stream\", \"offset\"} as non-negative integers, got ", j.dump());
   Generator g(j["seed"].get<uint64_t>(), j["stream"].get<uint64_t>());
   g.set_offset(j["offset"].get<uint64_t>());
   return g;

@@ -67,6 +67,8 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
   auto mine = named_parameters();
   auto bufs = named_buffers();
   mine.insert(mine.end(), bufs.begin(), bufs.end());
+  // Check everything first, so a bad state leaves the model untouched.
+  std::vector<std::pair<Tensor, Tensor>> copies;
   std::set<std::string> seen;
   for (auto& [name, t] : mine) {
     auto it = state.find(name);
@@ -77,14 +79,17 @@ void Module::load_state_dict(const StateDict& state, bool strict) {
     if (it->second.shape() != t.shape())
       fail<ShapeError>("load_state_dict", "'", name, "' has shape ", shape_str(it->second.shape()), " in the state but ",
                        shape_str(t.shape()), " in the model");
-    NoGradGuard ng;
-    Tensor dst = t;
-    dst.detach().copy_(it->second);  // converts dtype if they differ
+    if (!is_floating(it->second.dtype()) && is_floating(t.dtype()))
+      fail<DTypeError>("load_state_dict", "'", name, "' is ", describe(it->second), " in the state but ", describe(t),
+                       " in the model");
+    copies.emplace_back(t, it->second);
     seen.insert(name);
   }
   if (strict)
     for (auto& [name, t] : state)
       if (!seen.count(name)) fail<ValueError>("load_state_dict", "unexpected key '", name, "' (", describe(t), ")");
+  NoGradGuard ng;
+  for (auto& [dst, src] : copies) dst.detach().copy_(src);  // converts dtype if they differ
 }
 
 void Module::to(DType dt) {

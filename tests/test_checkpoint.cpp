@@ -109,22 +109,22 @@ TEST_CASE("safetensors: round trip is bit-exact for f32, f64, i64 and b8, 0-d, e
   TempDir dir;
   const float fnan = std::numeric_limits<float>::quiet_NaN(), finf = std::numeric_limits<float>::infinity();
   const double dmin = std::numeric_limits<double>::denorm_min();
+  const int64_t imin = std::numeric_limits<int64_t>::min(), imax = std::numeric_limits<int64_t>::max();
   Tensor base = from_vector(std::vector<double>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {3, 4});
   std::map<std::string, Tensor> in = {
       {"f32", from_vector(std::vector<float>{-0.0f, fnan, finf, -finf, 1e-45f, 3.4028235e38f}, {2, 3})},
       {"f64", from_vector(std::vector<double>{-0.0, dmin, 1.0 / 3.0, -1e308}, {4})},
-      {"i64", from_vector(std::vector<int64_t>{std::numeric_limits<int64_t>::min(), -1, 0, std::numeric_limits<int64_t>::max()},
-                          {2, 1, 2})},
+      {"i64", from_vector(std::vector<int64_t>{imin, -1, 0, imax}, {2, 1, 2})},
       {"b8", from_vector(std::vector<double>{1, 0, 0, 1, 1}, {5}, DType::b8)},
       {"scalar_f32", scalar_tensor(-7.25, DType::f32)},
       {"scalar_i64", from_vector(std::vector<int64_t>{42}, {})},
       {"empty_f32", zeros({0}, DType::f32)},
       {"empty_i64_2d", zeros({3, 0}, DType::i64)},
       {"empty_b8", zeros({0, 4}, DType::b8)},
-      {"transposed", base.t()},                       // non-contiguous
-      {"strided", base.slice(1, 0, 4, 2)},            // every other column
+      {"transposed", base.t()},                                     // non-contiguous
+      {"strided", base.slice(1, 0, 4, 2)},                          // every other column
       {"expanded", base.select(0, 1).unsqueeze(0).expand({2, 4})},  // stride 0
-      {"offset_view", base.narrow(0, 1, 2)},          // storage offset != 0
+      {"offset_view", base.narrow(0, 1, 2)},                        // storage offset != 0
   };
   REQUIRE_FALSE(in["transposed"].is_contiguous());
   const std::string path = dir.file("all.safetensors");
@@ -150,7 +150,8 @@ TEST_CASE("safetensors: round trip is bit-exact for f32, f64, i64 and b8, 0-d, e
 
 TEST_CASE("safetensors: metadata round trip") {
   TempDir dir;
-  std::map<std::string, std::string> meta = {{"format", "pt"}, {"step", "12"}, {"empty", ""}, {"unicode", "λ → ∞"}};
+  std::map<std::string, std::string> meta = {
+      {"format", "pt"}, {"step", "12"}, {"empty", ""}, {"unicode", "λ → ∞"}};
   save_safetensors(dir.file("m.safetensors"), {{"x", ones({2})}}, meta);
   SafetensorsFile f = load_safetensors(dir.file("m.safetensors"));
   CHECK(f.metadata == meta);
@@ -190,7 +191,8 @@ TEST_CASE("safetensors: byte layout of a tiny file follows the spec") {
   CHECK(buffer == want);
   // A header without padding (as other writers may produce) reads the same.
   write_bytes(dir.file("unpadded.safetensors"), assemble(nlohmann::json::parse(header).dump(), buffer));
-  CHECK(bits_equal(load_safetensors(dir.file("unpadded.safetensors")).tensors["c"], from_vector(std::vector<int64_t>{-2}, {1})));
+  CHECK(bits_equal(load_safetensors(dir.file("unpadded.safetensors")).tensors["c"],
+                   from_vector(std::vector<int64_t>{-2}, {1})));
 }
 
 TEST_CASE("safetensors: corrupted files are rejected with an IOError naming the file and the problem") {
@@ -220,7 +222,8 @@ TEST_CASE("safetensors: corrupted files are rejected with an IOError naming the 
   auto edit = [&](const std::function<void(nlohmann::json&)>& e) { return with_header(e, buffer); };
 
   for (size_t cut : {size_t(0), size_t(4), size_t(7), size_t(8), size_t(8 + n / 2), size_t(8 + n), good.size() - 1})
-    cases.push_back({"truncated to " + std::to_string(cut) + " bytes", Bytes(good.begin(), good.begin() + std::ptrdiff_t(cut)),
+    cases.push_back({"truncated to " + std::to_string(cut) + " bytes",
+                     Bytes(good.begin(), good.begin() + std::ptrdiff_t(cut)),
                      cut < 8 ? "too short" : cut < 8 + n ? "exceeds" : "do not lie within"});
   Bytes huge = good;
   set_header_length(huge, uint64_t(1) << 63);
@@ -242,10 +245,12 @@ TEST_CASE("safetensors: corrupted files are rejected with an IOError naming the 
   cases.push_back({"negative dim", edit([](auto& h) { h["w"]["shape"] = {-2, -3}; }), "non-negative integers"});
   cases.push_back({"fractional dim", edit([](auto& h) { h["w"]["shape"] = {2.0, 3}; }), "non-negative integers"});
   cases.push_back({"shape not an array", edit([](auto& h) { h["w"]["shape"] = "2x3"; }), "not an array"});
-  cases.push_back({"enormous empty shape", edit([](auto& h) { h["w"]["shape"] = {1ull << 40, 1ull << 40, 0}; }), "too large"});
+  cases.push_back(
+      {"enormous empty shape", edit([](auto& h) { h["w"]["shape"] = {1ull << 40, 1ull << 40, 0}; }), "too large"});
   cases.push_back({"offsets past the buffer",
                    edit([](auto& h) { h["mask"]["data_offsets"] = {48, 60}; }), "do not lie within"});
-  cases.push_back({"offsets reversed", edit([](auto& h) { h["w"]["data_offsets"] = {48, 24}; }), "end before they begin"});
+  cases.push_back(
+      {"offsets reversed", edit([](auto& h) { h["w"]["data_offsets"] = {48, 24}; }), "end before they begin"});
   cases.push_back({"offsets not a pair", edit([](auto& h) { h["w"]["data_offsets"] = {24}; }), "pair"});
   cases.push_back({"negative offset", edit([](auto& h) { h["w"]["data_offsets"] = {-24, 0}; }), "pair"});
   cases.push_back({"overlapping offsets",
@@ -254,16 +259,19 @@ TEST_CASE("safetensors: corrupted files are rejected with an IOError naming the 
                    }),
                    "overlaps"});
   cases.push_back({"numel does not match the byte span", edit([](auto& h) { h["w"]["shape"] = {2, 2}; }), "needs 16"});
-  cases.push_back({"dtype size does not match the byte span", edit([](auto& h) { h["w"]["dtype"] = "F64"; }), "needs 48"});
+  cases.push_back(
+      {"dtype size does not match the byte span", edit([](auto& h) { h["w"]["dtype"] = "F64"; }), "needs 48"});
   Bytes gap_buffer = buffer;
   gap_buffer.insert(gap_buffer.begin() + 48, {0, 0, 0, 0});  // 4 stray bytes before mask
   cases.push_back({"gap in the buffer",
-                   with_header([](auto& h) { h["mask"]["data_offsets"] = {52, 55}; }, gap_buffer), "belong to no tensor"});
+                   with_header([](auto& h) { h["mask"]["data_offsets"] = {52, 55}; }, gap_buffer),
+                   "belong to no tensor"});
   Bytes trailing = good;
   trailing.push_back(0);
   cases.push_back({"trailing byte", trailing, "trailing data"});
   cases.push_back({"tensor dropped from the header", edit([](auto& h) { h.erase("s"); }), "belong to no tensor"});
-  cases.push_back({"metadata value not a string", edit([](auto& h) { h["__metadata__"]["note"] = 3; }), "not a string"});
+  cases.push_back(
+      {"metadata value not a string", edit([](auto& h) { h["__metadata__"]["note"] = 3; }), "not a string"});
   cases.push_back({"metadata not an object", edit([](auto& h) { h["__metadata__"] = "a"; }), "__metadata__ is not"});
   Bytes bad_bool = good;
   bad_bool[8 + n + 49] = 2;

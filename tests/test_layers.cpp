@@ -161,3 +161,18 @@ TEST_CASE("softmax attention: fully masked rows give zeros and zero gradients") 
   for (double x : q.grad().to_vector<double>()) CHECK(std::isfinite(x));
   for (double x : v.grad().to_vector<double>()) CHECK(x == 0.0);
 }
+
+TEST_CASE("a failed load_state_dict leaves the model untouched") {
+  ModelConfig c = tiny_config();
+  CausalLM a(c), b(c);
+  {
+    NoGradGuard ng;
+    for (auto& p : b.parameters()) p.mul_(2.0);
+  }
+  Tensor ids = from_vector(std::vector<int64_t>{1, 2, 3, 4}, {1, 4});
+  Tensor before = b.forward(ids);
+  StateDict sd = a.state_dict();
+  sd["head.weight"] = zeros({1});
+  CHECK_THROWS_AS(b.load_state_dict(sd), ShapeError);
+  CHECK(equal(before, b.forward(ids)));
+}

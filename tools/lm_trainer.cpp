@@ -86,9 +86,14 @@ LMTrainer::LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log) : c
   if (resuming) {
     CheckpointState st = load_checkpoint(checkpoint_prefix(), *model_, opt_.get());
     step_ = st.step;
-    batcher_->set_offset(st.rng.at("batcher_offset").get<uint64_t>());
-    model_->dropout_generator().set_offset(st.rng.at("dropout_offset").get<uint64_t>());
-    train_seconds_ = st.extra.value("train_seconds", 0.0);
+    try {
+      batcher_->set_offset(st.rng.at("batcher_offset").get<uint64_t>());
+      model_->dropout_generator().set_offset(st.rng.at("dropout_offset").get<uint64_t>());
+      train_seconds_ = st.extra.value("train_seconds", 0.0);
+    } catch (const nlohmann::json::exception& e) {
+      fail<IOError>("train", "checkpoint ", checkpoint_prefix(), ".json lacks the data/dropout RNG offsets needed to "
+                    "resume exactly (", e.what(), ")");
+    }
     log_ << "resumed from " << checkpoint_prefix() << " at step " << step_ << "\n";
     // Drop metrics rows from after the checkpoint: they belong to the interrupted run.
     std::ifstream in(cfg_.out_dir + "/metrics.jsonl");
