@@ -2,12 +2,14 @@
 // exactly the losses of an uninterrupted run; configs are validated.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <unistd.h>
 
 #include "optim/adam.h"
+#include "tools/lm_sample.h"
 #include "tools/lm_trainer.h"
 
 using namespace attnlab;
@@ -141,4 +143,41 @@ TEST_CASE("the shipped configs parse") {
     INFO(entry.path().string());
     CHECK_NOTHROW(TrainConfig::from_file(entry.path().string()));
   }
+}
+
+TEST_CASE("sampling: top-k, temperature, determinism") {
+  std::vector<double> logits{0.0, 5.0, 1.0, 4.9};
+  for (double u : {0.0, 0.3, 0.7, 0.999999}) {
+    int64_t k1 = sample_logits(logits, 1.0, 1, u);
+    CHECK(k1 == 1);  // top-1 is greedy
+    int64_t k2 = sample_logits(logits, 1.0, 2, u);
+    CHECK((k2 == 1 || k2 == 3));
+  }
+  CHECK(sample_logits(logits, 1e-3, 0, 0.99) == 1);  // near-zero temperature: greedy
+  // Over a uniform grid of u, each index is drawn in proportion to softmax(logits).
+  std::vector<int> counts(4, 0);
+  const int n = 100000;
+  for (int i = 0; i < n; ++i) counts[size_t(sample_logits(logits, 1.0, 0, (i + 0.5) / n))]++;
+  double z = 0;
+  for (double l : logits) z += std::exp(l);
+  for (size_t j = 0; j < 4; ++j) CHECK(counts[j] / double(n) == doctest::Approx(std::exp(logits[j]) / z).epsilon(1e-3));
+  CHECK_THROWS_AS(sample_logits(logits, 0.0, 0, 0.5), ValueError);
+  CHECK_THROWS_AS(sample_logits({}, 1.0, 0, 0.5), ValueError);
+
+  ModelConfig c;
+  c.vocab_size = 9;
+  c.d_model = 8;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.d_ff = 16;
+  c.max_len = 6;
+  CausalLM model(c);
+  SampleOptions o;
+  o.length = 10;  // longer than max_len: the window slides
+  Generator g1(5), g2(5), g3(6);
+  auto a = generate(model, {1, 2}, o, g1), b = generate(model, {1, 2}, o, g2), d = generate(model, {1, 2}, o, g3);
+  CHECK(a.size() == 12);
+  CHECK(a == b);
+  CHECK(a != d);
+  for (int64_t id : a) CHECK((id >= 0 && id < 9));
 }

@@ -1,10 +1,9 @@
 // attnlab sample --run DIR [--prompt TEXT] [--length N] [--temperature T] [--top-k K] [--seed S]
-#include <cmath>
 #include <iostream>
 
-#include "autograd/grad_mode.h"
 #include "layers/checkpoint.h"
 #include "tools/cli_common.h"
+#include "tools/lm_sample.h"
 #include "tools/lm_trainer.h"
 
 using namespace attnlab;
@@ -36,34 +35,12 @@ int main(int argc, char** argv) {
     std::vector<int64_t> ids = tok->encode(args.str("prompt", "\n"));
     if (ids.empty()) ids.push_back(0);
     Generator gen(uint64_t(args.num("seed", 0)), 11);
-    NoGradGuard ng;
+    SampleOptions opts;
+    opts.length = length;
+    opts.temperature = temperature;
+    opts.top_k = top_k;
     std::cout << args.str("prompt", "");
-    for (int64_t i = 0; i < length; ++i) {
-      // The last max_len tokens as context (no KV cache: each step reruns the window).
-      int64_t start = std::max<int64_t>(0, int64_t(ids.size()) - cfg.model.max_len);
-      std::vector<int64_t> ctx(ids.begin() + start, ids.end());
-      Tensor logits = model.forward(from_vector(ctx, {1, int64_t(ctx.size())}));
-      std::vector<double> l = logits.select(1, -1).to_vector<double>();
-      std::vector<double> sorted = l;
-      std::sort(sorted.rbegin(), sorted.rend());
-      double cutoff = top_k > 0 && top_k < int64_t(l.size()) ? sorted[size_t(top_k - 1)] : -INFINITY;
-      double mx = sorted[0], total = 0;
-      std::vector<double> p(l.size(), 0.0);
-      for (size_t j = 0; j < l.size(); ++j)
-        if (l[j] >= cutoff) total += p[j] = std::exp((l[j] - mx) / temperature);
-      double u = rand({}, DType::f64, &gen).item<double>() * total;
-      int64_t next = 0;
-      for (size_t j = 0; j < p.size(); ++j) {
-        u -= p[j];
-        if (u <= 0 && p[j] > 0) {
-          next = int64_t(j);
-          break;
-        }
-        if (p[j] > 0) next = int64_t(j);
-      }
-      ids.push_back(next);
-      std::cout << tok->decode({next}) << std::flush;
-    }
+    generate(model, ids, opts, gen, [&](int64_t id) { std::cout << tok->decode({id}) << std::flush; });
     std::cout << "\n";
     return 0;
   });
