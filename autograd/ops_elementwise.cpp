@@ -6,6 +6,7 @@
 #include "autograd/cases.h"
 #include "autograd/node.h"
 #include "core/cpu/loops.h"
+#include "core/cpu/vmath.h"
 
 namespace attnlab {
 using namespace cases;
@@ -219,7 +220,7 @@ Tensor neg(const Tensor& x) {
 
 static const OpDef kExp("exp", "dx = g * y", unary_cases(&exp, -2, 2));
 Tensor exp(const Tensor& x) {
-  return unary_op(kExp, x, [](auto v) { return std::exp(v); }, [](auto, auto y) { return y; });
+  return unary_op(kExp, x, [](auto v) { return cpu::exp_fast(v); }, [](auto, auto y) { return y; });
 }
 
 static const OpDef kLog("log", "dx = g / x", unary_cases(&log, 0.2, 3));
@@ -247,7 +248,8 @@ Tensor sigmoid(const Tensor& x) {
   return unary_op(
       kSigmoid, x,
       [](auto v) {  // stable for large |v|
-        return v >= 0 ? 1 / (1 + std::exp(-v)) : std::exp(v) / (1 + std::exp(v));
+        const auto e = cpu::exp_fast(-std::abs(v));  // e^{-|v|} never overflows
+        return v >= 0 ? 1 / (1 + e) : e / (1 + e);
       },
       [](auto, auto y) { return y * (1 - y); });
 }
@@ -262,14 +264,17 @@ Tensor relu(const Tensor& x) {
                   [](auto v, auto) { return v > 0 ? decltype(v)(1) : decltype(v)(0); });
 }
 
+namespace {
+constexpr double kInvSqrt2 = 0.70710678118654752440, kInvSqrt2Pi = 0.39894228040143267794;
+constexpr double kC = 0.79788456080286535588;  // sqrt(2/pi)
+}  // namespace
+
 static const OpDef kGelu("gelu", "dx = g (Phi(x) + x phi(x)); tanh form: d/dx of 0.5 x (1 + tanh(c (x + 0.044715 x^3)))",
                          {{"erf form [3,5]", [](Generator& g) { return Inputs{uni(g, {3, 5}, -3, 3)}; },
                            [](const Inputs& in) { return gelu(in[0]); }},
                           {"tanh form, non-contiguous", [](Generator& g) { return Inputs{uni(g, {5, 3}, -3, 3).t()}; },
                            [](const Inputs& in) { return gelu(in[0], true); }}});
 Tensor gelu(const Tensor& x, bool tanh_approximation) {
-  constexpr double kInvSqrt2 = 0.70710678118654752440, kInvSqrt2Pi = 0.39894228040143267794;
-  constexpr double kC = 0.79788456080286535588;  // sqrt(2/pi)
   if (tanh_approximation)
     return unary_op(
         kGelu, x,
@@ -286,11 +291,11 @@ Tensor gelu(const Tensor& x, bool tanh_approximation) {
       kGelu, x,
       [](auto v) {
         using T = decltype(v);
-        return T(0.5) * v * (1 + std::erf(v * T(kInvSqrt2)));
+        return T(0.5) * v * (1 + cpu::erf_fast(v * T(kInvSqrt2)));
       },
       [](auto v, auto) {
         using T = decltype(v);
-        return T(0.5) * (1 + std::erf(v * T(kInvSqrt2))) + v * T(kInvSqrt2Pi) * std::exp(T(-0.5) * v * v);
+        return T(0.5) * (1 + cpu::erf_fast(v * T(kInvSqrt2))) + v * T(kInvSqrt2Pi) * cpu::exp_fast(T(-0.5) * v * v);
       });
 }
 

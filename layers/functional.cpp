@@ -7,6 +7,7 @@
 #include "autograd/grad_mode.h"
 #include "autograd/node.h"
 #include "core/cpu/loops.h"
+#include "core/cpu/vmath.h"
 
 namespace attnlab {
 using namespace cases;
@@ -210,7 +211,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const CrossEnt
       for (int64_t j = 1; j < V; ++j) m = std::max(m, row[j]);
       double s = 0, sum_x = 0;
       for (int64_t j = 0; j < V; ++j) {
-        double e = std::exp(double(row[j] - m));
+        double e = double(cpu::exp_fast(T(row[j] - m)));
         pp[i * V + j] = T(e);
         s += e;
         sum_x += double(row[j]);

@@ -1,0 +1,66 @@
+// Branch-free float approximations of exp and erf that compilers vectorise (std::expf/erff are
+// scalar library calls: one element at a time). Used where f32 throughput matters (softmax rows,
+// attention tiles, GELU); f64 paths keep std:: for exact gradient checks.
+#pragma once
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+namespace attnlab::cpu {
+
+// exp(x) for float, within ~2 ulp of std::exp on [-86.6, 88.7]; 0 below (so -inf gives 0), +inf
+// above. NaN in gives NaN out. Cody–Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a
+// degree-6 minimax polynomial for e^r (Cephes expf coefficients) scaled by 2^n through the exponent bits.
+inline float exp_approx(float x) {
+  const float hi = 88.7228391f, lo = -86.6433976f;  // lo = -125 ln 2: 2^n stays a normal float
+  const float xc = x > hi ? hi : (x < lo ? lo : x);
+  // Round to nearest by the 1.5·2^23 trick: plain arithmetic, so the loop vectorises.
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  // 2^n as 2 * 2^(n-1): n reaches 128 near the top of the range, one past the exponent field.
+  const float scale = std::bit_cast<float>((int32_t(n) + 126) << 23);
+  float y = (e * 2.0f) * scale;
+  y = x < lo ? 0.0f : y;
+  y = x > hi ? INFINITY : y;
+  return x != x ? x : y;
+}
+
+// erf(x) for float, absolute error < 3e-7 (Abramowitz & Stegun 7.1.26 with exp_approx).
+inline float erf_approx(float x) {
+  const float ax = std::fabs(x);
+  const float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const float y = 1.0f - p * t * exp_approx(-ax * ax);
+  return std::copysign(y, x);
+}
+
+}  // namespace attnlab::cpu
+
+namespace attnlab::cpu {
+
+// The vectorisable approximation for f32, the library function for f64 (gradient checks).
+template <class T>
+inline T exp_fast(T x) {
+  if constexpr (std::is_same_v<T, float>) return exp_approx(x);
+  else return std::exp(x);
+}
+template <class T>
+inline T erf_fast(T x) {
+  if constexpr (std::is_same_v<T, float>) return erf_approx(x);
+  else return std::erf(x);
+}
+
+}  // namespace attnlab::cpu
