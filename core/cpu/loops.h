@@ -160,8 +160,16 @@ void map3(const Tensor& a, const Tensor& b, const Tensor& c, Tensor& out, F f) {
   const Shape& s = out.shape();
   for_each_row<4>(s, {contiguous_strides(s), broadcast_strides(a, s), broadcast_strides(b, s), broadcast_strides(c, s)},
                   [&](const std::array<int64_t, 4>& off, int64_t n, const std::array<int64_t, 4>& st) {
-                    for (int64_t i = 0; i < n; ++i)
-                      po[off[0] + i * st[0]] = f(pa[off[1] + i * st[1]], pb[off[2] + i * st[2]], pc[off[3] + i * st[3]]);
+                    Out* o = po + off[0];  // locals: captured pointers would be reloaded every element
+                    const A* x = pa + off[1];
+                    const B* y = pb + off[2];
+                    const C* z = pc + off[3];
+                    if (st[0] == 1 && st[1] == 1 && st[2] == 1 && st[3] == 1) {
+#pragma omp simd
+                      for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i], z[i]);
+                    } else {
+                      for (int64_t i = 0; i < n; ++i) o[i * st[0]] = f(x[i * st[1]], y[i * st[2]], z[i * st[3]]);
+                    }
                   });
 }
 

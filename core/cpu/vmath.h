@@ -12,7 +12,7 @@ namespace attnlab::cpu {
 // exp(x) for float, within ~2 ulp of std::exp on [-86.6, 88.7]; 0 below (so -inf gives 0), +inf
 // above. NaN in gives NaN out. Cody–Waite range reduction x = n ln2 + r, |r| <= ln2/2, then a
 // degree-6 minimax polynomial for e^r (Cephes expf coefficients) scaled by 2^n through the exponent bits.
-inline float exp_approx(float x) {
+[[gnu::always_inline]] inline float exp_approx(float x) {
   const float hi = 88.7228391f, lo = -86.6433976f;  // lo = -125 ln 2: 2^n stays a normal float
   const float xc = x > hi ? hi : (x < lo ? lo : x);
   // Round to nearest by the 1.5·2^23 trick: plain arithmetic, so the loop vectorises.
@@ -35,7 +35,7 @@ inline float exp_approx(float x) {
 }
 
 // erf(x) for float, absolute error < 3e-7 (Abramowitz & Stegun 7.1.26 with exp_approx).
-inline float erf_approx(float x) {
+[[gnu::always_inline]] inline float erf_approx(float x) {
   const float ax = std::fabs(x);
   const float t = 1.0f / (1.0f + 0.3275911f * ax);
   float p = 1.061405429f;
