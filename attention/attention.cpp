@@ -1,5 +1,6 @@
 #include "attention/attention.h"
 
+#include "attention/local.h"
 #include "attention/softmax.h"
 
 namespace attnlab {
@@ -11,6 +12,7 @@ std::map<std::string, AttentionFactory>& factories() {
   static std::map<std::string, AttentionFactory> f = [] {
     std::map<std::string, AttentionFactory> m;
     m["softmax"] = make_softmax_attention;
+    m["local"] = make_local_attention;
     return m;
   }();
   return f;

@@ -32,6 +32,7 @@ struct AttentionContext {
   int64_t head_dim = 0;
   int64_t n_heads = 0;
   std::shared_ptr<Generator> gen;  // for methods that draw noise (Gumbel-Sinkhorn, dropout)
+  DType dtype = DType::f32;        // for methods with parameters of their own (entmax α, SortNet)
 };
 
 using AttentionFactory = std::function<std::shared_ptr<AttentionMethod>(const nlohmann::json&, const AttentionContext&)>;

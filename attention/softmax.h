@@ -9,18 +9,28 @@ namespace attnlab {
 // on the tape and visible to the audit. Fully masked query rows give zeros.
 Tensor softmax_attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
                                    double scale, Tensor* weights_out = nullptr);
+// The same with an explicit b8 mask (true = blocked) broadcastable to [B, H, Tq, Tk], or undefined.
+Tensor masked_softmax_attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& blocked,
+                                          double scale, Tensor* weights_out = nullptr);
+
+// How a method computes softmax attention: the fused, tiled kernels (attention/flash.h; never store
+// the n×n weights) or the composite reference above.
+enum class AttentionImpl { fused, composite };
+AttentionImpl parse_attention_impl(const char* method, const nlohmann::json& cfg);  // cfg["impl"], default fused
 
 class SoftmaxAttention : public AttentionMethod {
  public:
-  explicit SoftmaxAttention(double scale) : scale_(scale) {}
+  explicit SoftmaxAttention(double scale, AttentionImpl impl = AttentionImpl::fused) : scale_(scale), impl_(impl) {}
   Tensor forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) override;
   std::string name() const override { return "softmax"; }
+  AttentionImpl impl() const { return impl_; }
 
  private:
   double scale_;
+  AttentionImpl impl_;
 };
 
-// Config: {"type": "softmax", "scale": optional (default 1/sqrt(head_dim))}.
+// Config: {"type": "softmax", "scale": optional (default 1/sqrt(head_dim)), "impl": "fused" (default) | "composite"}.
 std::shared_ptr<AttentionMethod> make_softmax_attention(const nlohmann::json& cfg, const AttentionContext& ctx);
 
 }  // namespace attnlab

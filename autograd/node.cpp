@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <unordered_map>
+#include <utility>
 
 #include "autograd/grad_mode.h"
 
@@ -9,6 +10,7 @@ namespace attnlab {
 
 namespace {
 thread_local bool g_grad_enabled = true;
+thread_local RecordHook* g_record_hook = nullptr;
 std::atomic<uint64_t> g_sequence{0};
 }  // namespace
 
@@ -99,7 +101,10 @@ void record(Tensor& out, const OpDef& op, const std::vector<Tensor>& inputs, Bac
   out.impl().grad_fn = std::make_shared<Node>(op, std::move(next), std::move(shapes), std::move(dtypes), out.shape(),
                                               out.dtype(), std::move(fn));
   out.impl().requires_grad = true;
+  if (g_record_hook) g_record_hook->on_record(out);
 }
+
+RecordHook* set_record_hook(RecordHook* hook) { return std::exchange(g_record_hook, hook); }
 
 void check_inplace(const Tensor& t, const char* op) {
   if (grad_enabled() && t.requires_grad())

@@ -69,6 +69,17 @@ bool needs_grad(const std::vector<Tensor>& inputs);
 // Records `op` as the producer of `out` (which then requires grad).
 void record(Tensor& out, const OpDef& op, const std::vector<Tensor>& inputs, BackwardFn fn);
 
+// Observes the tape as it is written (the gradient audit, autograd/audit.h). While a hook is set on
+// this thread, record() calls it with each new node's output right after the node is attached,
+// before any later op can read that output; the hook may change the data of that or earlier tensors,
+// or swap their storage. Unset (the default) it costs record() one thread-local load.
+class RecordHook {
+ public:
+  virtual ~RecordHook() = default;
+  virtual void on_record(Tensor& out) = 0;
+};
+RecordHook* set_record_hook(RecordHook* hook);  // returns the previous hook (nullptr: none)
+
 // Refuses an in-place write that autograd could not account for.
 void check_inplace(const Tensor& t, const char* op);
 

@@ -76,7 +76,7 @@ MultiHeadAttention::MultiHeadAttention(int64_t d_model, int64_t heads, const nlo
     fail<ValueError>("MultiHeadAttention", "d_model ", d_model, " is not divisible by ", heads, " heads");
   qkv = register_module("qkv", std::make_shared<Linear>(d_model, 3 * d_model, true, init_gen, t));
   out = register_module("out", std::make_shared<Linear>(d_model, d_model, true, init_gen, t));
-  method = register_module("method", make_attention(attention, AttentionContext{head_dim, heads, gen}));
+  method = register_module("method", make_attention(attention, AttentionContext{head_dim, heads, gen, t}));
   drop = register_module("drop", std::make_shared<Dropout>(dropout_p, gen));
 }
 

@@ -23,6 +23,9 @@
 #include <string>
 #include <vector>
 
+#include "attention/flash.h"
+#include "attention/local.h"
+#include "autograd/grad_mode.h"
 #include "core/allocator.h"
 #include "core/cpu/blas.h"
 #include "core/rng.h"
@@ -44,6 +47,7 @@ struct Options {
   double min_time_ms = -1;
   bool quick = false;
   int threads = 0;  // 0: leave OpenMP / OpenBLAS defaults
+  int64_t max_n = 8192;  // attention: largest sequence length
   std::string json_path;
 };
 
@@ -433,12 +437,161 @@ void section_lm(Context& ctx) {
   ctx.results["lm"] = rows;
 }
 
+// ---- attention: fused softmax and block-local attention against PyTorch ----------------------------
+
+// Median time of fn over at least 3 calls and min_ms (at most 20 calls), after one warm-up call.
+double median_call_ms(const std::function<void()>& fn, double min_ms) {
+  fn();
+  std::vector<double> ts;
+  const double start = bench::now_ms();
+  while (ts.size() < 20 && (ts.size() < 3 || bench::now_ms() - start < min_ms)) {
+    const double t0 = bench::now_ms();
+    fn();
+    ts.push_back(bench::now_ms() - t0);
+  }
+  return bench::median(ts);
+}
+
+// Peak bytes the caching allocator held during one call of fn, above what was in use before it.
+double peak_extra_mib(const std::function<void()>& fn) {
+  const size_t before = cpu_allocator::stats().bytes_in_use;
+  cpu_allocator::reset_peak();
+  fn();
+  return double(cpu_allocator::stats().peak_bytes_in_use - before) / 1048576.0;
+}
+
+// q, k, v [1, 8, n, 64] f32, non-causal (as shared/baselines/attn_bench.py): vanilla = fused softmax
+// attention (attnlab flash_attention; PyTorch materialises n×n), block_local = blocks of 64.
+void section_attention(Context& ctx) {
+  const int64_t B = 1, H = 8, d = 64, block = 64;
+  std::vector<int64_t> sizes;
+  for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{256, 512} : std::vector<int64_t>{512, 1024, 2048, 4096, 8192})
+    if (n <= ctx.opt.max_n) sizes.push_back(n);
+  const int rounds = ctx.opt.quick ? 1 : 2;
+  const double min_fwd_ms = ctx.opt.quick ? 100 : 1000, min_fb_ms = ctx.opt.quick ? 200 : 1500;
+  const int threads = ctx.opt.threads > 0 ? ctx.opt.threads : omp_get_max_threads();
+  std::printf("\n== attention: q, k, v [%lld, %lld, n, %lld] f32, non-causal; attnlab fused kernels vs PyTorch "
+              "(shared/baselines/attn_bench.py, %d threads)\n",
+              (long long)B, (long long)H, (long long)d, threads);
+  std::printf("   per size %d round(s) interleaved (attnlab, PyTorch, ...); times are medians, ratio = PyTorch / "
+              "attnlab (median of paired rounds)\n"
+              "   peak = extra memory of one call beyond the inputs, outputs and gradients included (attnlab: caching\n"
+              "   allocator peak; PyTorch: resident-set high-water mark); targets: vanilla fwd+bwd >= 4x @2K, "
+              "block_local >= 2x @8K\n\n",
+              rounds);
+  bench::Table table({{"impl", 11, true},
+                      {"n", 5},
+                      {"fwd ms", 8},
+                      {"torch fwd", 9},
+                      {"ratio", 6},
+                      {"f+b ms", 8},
+                      {"torch f+b", 9},
+                      {"ratio", 6},
+                      {"target", 6},
+                      {"GF/s f+b", 8},
+                      {"peak MiB f/f+b", 14},
+                      {"torch MiB f/f+b", 15},
+                      {"KiB/token", 9},
+                      {"max|diff|", 9}});
+  table.header();
+  json rows = json::array();
+  std::string why_missing;
+  bool torch_ok = true;
+  for (const char* impl : {"vanilla", "block_local"}) {
+    const bool local = std::string(impl) == "block_local";
+    for (int64_t n : sizes) {
+      Generator gen(ctx.seed, 900 + uint64_t(n));
+      Tensor q = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+      Tensor k = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+      Tensor v = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+      Tensor g = randn({B, H, n, d}, DType::f32, &gen);
+      const double scale = 1.0 / std::sqrt(double(d));
+      auto attend = [&] {
+        return local ? local_attention(q, k, v, {}, block, scale) : flash_attention(q, k, v, {}, scale);
+      };
+      auto fwd = [&] {
+        NoGradGuard ng;
+        Tensor out = attend();
+      };
+      auto fwdbwd = [&] {
+        q.zero_grad();
+        k.zero_grad();
+        v.zero_grad();
+        attend().backward(g);
+      };
+      // Agreement with the composite reference (n×n materialised: small n only).
+      std::string diff = "-";
+      if (n <= 1024) {
+        NoGradGuard ng;
+        Tensor ref = local ? local_attention_composite(q, k, v, {}, block, scale)
+                           : softmax_attention_composite(q, k, v, {}, scale);
+        Tensor ours = attend().detach();
+        diff = fmt("%.1e", bench::max_abs_diff(ours.contiguous().data<float>(),
+                                              ref.contiguous().data<float>(), ours.numel()));
+      }
+      const double peak_f = peak_extra_mib(fwd), peak_fb = peak_extra_mib(fwdbwd);
+      std::vector<double> a_f, a_fb, t_f, t_fb, r_f, r_fb;
+      double t_peak_f = NAN, t_peak_fb = NAN;
+      char args[160];
+      std::snprintf(args, sizeof args, "%s %lld --b %lld --h %lld --d %lld --bs %lld --threads %d", impl, (long long)n,
+                    (long long)B, (long long)H, (long long)d, (long long)block, threads);
+      for (int r = 0; r < rounds; ++r) {
+        a_f.push_back(median_call_ms(fwd, min_fwd_ms));
+        a_fb.push_back(median_call_ms(fwdbwd, min_fb_ms));
+        if (!torch_ok) continue;
+        if (auto j = run_pytorch_baseline("attn_bench.py", args, &why_missing)) {
+          t_f.push_back((*j)["fwd_ms"].get<double>());
+          t_fb.push_back((*j)["fwdbwd_ms"].get<double>());
+          t_peak_f = (*j)["peak_fwd_nograd_MiB"].get<double>();
+          t_peak_fb = (*j)["peak_fwdbwd_MiB"].get<double>();
+          r_f.push_back(t_f.back() / a_f.back());
+          r_fb.push_back(t_fb.back() / a_fb.back());
+        } else {
+          torch_ok = false;  // say why once, then report attnlab alone
+          std::printf("   (PyTorch column empty: %s)\n", why_missing.c_str());
+        }
+      }
+      const double af = bench::median(a_f), afb = bench::median(a_fb);
+      const double tf = t_f.empty() ? NAN : bench::median(t_f), tfb = t_fb.empty() ? NAN : bench::median(t_fb);
+      const double rf = r_f.empty() ? NAN : bench::median(r_f), rfb = r_fb.empty() ? NAN : bench::median(r_fb);
+      const bool target_size = local ? n == 8192 : n == 2048;
+      const double target = local ? 2.0 : 4.0;
+      const char* verdict = !target_size || std::isnan(rfb) ? "-" : (rfb >= target ? "ok" : "LOW");
+      // Matmul FLOPs of one fwd+bwd with the backward's recomputation: 7 products of 2·n·w·d per head.
+      const double width = local ? double(std::min(block, n)) : double(n);
+      const double flops = 7.0 * 2.0 * double(B * H) * double(n) * width * double(d);
+      table.row({impl, std::to_string(n), fmt("%.2f", af), fmt("%.2f", tf), fmt("%.2f", rf), fmt("%.2f", afb),
+                 fmt("%.2f", tfb), fmt("%.2f", rfb), verdict, fmt("%.0f", flops / afb * 1e-6),
+                 fmt("%.1f/%.1f", peak_f, peak_fb), fmt("%.0f/%.0f", t_peak_f, t_peak_fb),
+                 fmt("%.1f", peak_fb * 1024.0 / double(n)), diff});
+      rows.push_back({{"impl", impl},
+                      {"n", n},
+                      {"attnlab_fwd_ms", a_f},
+                      {"attnlab_fwdbwd_ms", a_fb},
+                      {"pytorch_fwd_ms", t_f},
+                      {"pytorch_fwdbwd_ms", t_fb},
+                      {"ratio_fwd", rf},
+                      {"ratio_fwdbwd", rfb},
+                      {"target_ratio", target_size ? json(target) : json(nullptr)},
+                      {"attnlab_fwdbwd_gflops", flops / afb * 1e-6},
+                      {"attnlab_peak_fwd_MiB", peak_f},
+                      {"attnlab_peak_fwdbwd_MiB", peak_fb},
+                      {"pytorch_peak_fwd_MiB", t_peak_f},
+                      {"pytorch_peak_fwdbwd_MiB", t_peak_fb},
+                      {"max_abs_diff_vs_composite", diff}});
+    }
+  }
+  ctx.results["attention"] = rows;
+}
+
 // ---- registry and driver -------------------------------------------------------------------
 
 const Section kSections[] = {
     {"matmul", "attnlab::matmul vs direct cblas_sgemm: square n, a.t()@b, batched", section_matmul},
     {"ops", "elementwise, broadcast, reductions, softmax vs plain OpenMP loops", section_ops},
     {"lm", "causal LM training tokens/s vs PyTorch (shared/baselines/lm_bench.py)", section_lm},
+    {"attention", "fused softmax / block-local attention fwd, fwd+bwd, memory vs PyTorch (attn_bench.py)",
+     section_attention},
 };
 
 void print_help(FILE* out) {
@@ -460,6 +613,8 @@ void print_help(FILE* out) {
                "  --warmup N        untimed calls per variant first (default 2; --quick: 1)\n"
                "  --min-time-ms MS  minimum length of one measurement (default 50; --quick: 5)\n"
                "  --quick           small sizes, for a smoke run\n"
+               "  --max-n N         attention: largest sequence length (default 8192; PyTorch's vanilla\n"
+               "                    attention needs ~6 GiB and ~14 s per call at 8192)\n"
                "  --threads N       set OpenMP and OpenBLAS thread counts (default: leave as configured)\n"
                "  --json FILE       also write machine-readable results to FILE\n"
                "  --list            list the sections and exit\n"
@@ -505,6 +660,8 @@ Options parse(int argc, char** argv) {
       if (*end || v.empty() || !(o.min_time_ms >= 0)) usage_error("--min-time-ms: expected a number >= 0, got '" + v + "'");
     } else if (a == "--quick") {
       o.quick = true;
+    } else if (a == "--max-n") {
+      o.max_n = int_value(i, 1);
     } else if (a == "--threads") {
       o.threads = int_value(i, 1);
     } else if (a == "--json") {

@@ -1,0 +1,916 @@
+// Fused, tiled softmax attention (FlashAttention-2, Dao 2023) for the CPU. Notation as in the paper:
+// S = scale · Q Kᵀ (masked with -inf), P = softmax_rows(S), O = P V, LSE = logsumexp_rows(S).
+//
+// Forward: work items are (batch·head, query tile); each walks the key/value tiles of its segment,
+// keeping a running row max m and row sum l, and rescales its output rows when m grows:
+//   m' = max(m, rowmax S_j),  P_j = exp(S_j - m'),  l' = e^(m-m') l + rowsum P_j,  O' = e^(m-m') O + P_j V_j.
+// At the end O /= l and LSE = m + log l. Key tiles entirely above the causal diagonal (or entirely
+// padded) are skipped.
+// Backward (key-tile major, so dK and dV of a key tile have one writer): D = rowsum(dO ∘ O), and per
+// (query tile i, key tile j): P = exp(S - LSE), dV_j += Pᵀ dO_i, dP = dO_i V_jᵀ, dS = P ∘ (dP - D_i),
+// dK_j += scale dSᵀ Q_i, dQ_i += scale dS K_j. The dQ rows of a (batch·head, segment) group are
+// shared by its key tiles: with enough groups each runs whole on one thread; otherwise items are
+// split statically by cost and a group cut between threads sums per-thread buffers in thread order.
+// Either way the result does not depend on scheduling.
+//
+// "Segments" make block-local attention the same code: a segment is a rectangle of queries
+// [q0, q1) × keys [k0, k1) outside of which everything is masked; global attention is one segment,
+// block-local attention one per block.
+//
+// Tile products: f32 with AVX-512 uses the register-blocked kernel below (no per-call packing: Kᵀ
+// and Vᵀ are packed once per head or key tile), ~1.3x faster end to end than cblas on the same tiles
+// (cblas repacks both operands on every call); f64, and f32 without AVX-512, call cblas (cpu::gemm).
+#include "attention/flash.h"
+
+#include <omp.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define ATTNLAB_FLASH_AVX512 1
+#else
+#define ATTNLAB_FLASH_AVX512 0
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <type_traits>
+
+#include "autograd/cases.h"
+#include "autograd/node.h"
+#include "core/cpu/blas.h"
+#include "core/cpu/vmath.h"
+
+namespace attnlab {
+using namespace cases;
+
+// ---- tile configuration ----------------------------------------------------------------------
+
+namespace {
+constexpr flash::Tiles kDefaultTiles{64, 1024, 64, 128};
+flash::Tiles g_tiles{};  // 0 = default
+
+flash::Tiles effective_tiles() {
+  flash::Tiles t = g_tiles;
+  if (t.fwd_q <= 0) t.fwd_q = kDefaultTiles.fwd_q;
+  if (t.fwd_k <= 0) t.fwd_k = kDefaultTiles.fwd_k;
+  if (t.bwd_q <= 0) t.bwd_q = kDefaultTiles.bwd_q;
+  if (t.bwd_k <= 0) t.bwd_k = kDefaultTiles.bwd_k;
+  return t;
+}
+}  // namespace
+
+namespace flash {
+void set_tiles(const Tiles& t) { g_tiles = t; }
+Tiles tiles() { return effective_tiles(); }
+}  // namespace flash
+
+namespace {
+
+// Below this many flops (summed over all tile products) a call runs on one thread.
+constexpr double kParallelWork = 1 << 20;
+
+// Small tiles for the gradcheck cases, so that a few positions span several tiles of uneven size.
+struct ScopedTiles {
+  flash::Tiles saved = g_tiles;
+  explicit ScopedTiles(const flash::Tiles& t) { g_tiles = t; }
+  ~ScopedTiles() { g_tiles = saved; }
+  ScopedTiles(const ScopedTiles&) = delete;
+  ScopedTiles& operator=(const ScopedTiles&) = delete;
+};
+
+// Elements per 512-bit vector: row loops ask for full-width vectors (GCC prefers 256 bits by default).
+template <class T>
+constexpr int kLanes = 64 / int(sizeof(T));
+
+// ---- plan: shapes, segments, masks -------------------------------------------------------------
+
+struct Segment {
+  int64_t q0, q1, k0, k1;  // queries [q0, q1) see only keys [k0, k1)
+};
+
+struct TileMask {
+  bool skip = false;            // every (query, key) pair of the tile is blocked
+  bool causal_partial = false;  // some pairs lie above the causal diagonal
+  bool pad_partial = false;     // some keys are padded
+};
+
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+struct Plan {
+  int64_t B = 0, H = 0, Tq = 0, Tk = 0, dh = 0;
+  int64_t shift = 0;  // Tk - Tq: query i sits at key position i + shift
+  bool causal = false;
+  double scale = 1;
+  std::vector<Segment> segs;
+  Tensor pad;                      // b8 [B, Tk], contiguous; undefined without key padding
+  std::vector<int64_t> pad_count;  // [B, Tk + 1]: padded keys before each position
+
+  Plan(const Tensor& q, const Tensor& k, const AttentionMask& mask, double s, int64_t block)
+      : B(q.size(0)), H(q.size(1)), Tq(q.size(2)), Tk(k.size(2)), dh(q.size(3)), shift(Tk - Tq),
+        causal(mask.causal), scale(s) {
+    if (block <= 0) {
+      segs.push_back({0, Tq, 0, Tk});
+    } else if (Tq > 0) {
+      for (int64_t c = floor_div(shift, block); c <= floor_div(Tq - 1 + shift, block); ++c) {
+        const int64_t k0 = std::clamp<int64_t>(c * block, 0, Tk);
+        segs.push_back({std::max<int64_t>(0, c * block - shift), std::min(Tq, (c + 1) * block - shift), k0,
+                        std::clamp<int64_t>((c + 1) * block, k0, Tk)});
+      }
+    }
+    if (mask.key_padding.defined()) {
+      pad = mask.key_padding.contiguous();
+      const uint8_t* p = pad.data<uint8_t>();
+      pad_count.assign(size_t(B * (Tk + 1)), 0);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t j = 0; j < Tk; ++j)
+          pad_count[size_t(b * (Tk + 1) + j + 1)] = pad_count[size_t(b * (Tk + 1) + j)] + (p[b * Tk + j] != 0);
+    }
+  }
+
+  // One past the last key any query of [i0, i1) may see within segment s.
+  int64_t key_end(const Segment& s, int64_t i1) const {
+    return causal ? std::clamp(i1 + shift, s.k0, s.k1) : s.k1;
+  }
+
+  TileMask classify(int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
+    TileMask m;
+    if (causal) {
+      if (j0 > i1 - 1 + shift) m.skip = true;
+      m.causal_partial = j1 - 1 > i0 + shift;
+    }
+    if (pad.defined()) {
+      const int64_t n = pad_count[size_t(b * (Tk + 1) + j1)] - pad_count[size_t(b * (Tk + 1) + j0)];
+      if (n == j1 - j0) m.skip = true;
+      m.pad_partial = n > 0;
+    }
+    return m;
+  }
+
+  // Sets blocked entries of the score tile s (rows i0.., keys j0.., row stride ld) to -inf.
+  template <class T>
+  void apply_mask(T* s, int64_t ld, int64_t b, int64_t i0, int64_t mi, int64_t j0, int64_t nj,
+                  const TileMask& m) const {
+    const T ninf = -std::numeric_limits<T>::infinity();
+    if (m.pad_partial) {
+      const uint8_t* pk = pad.data<uint8_t>() + b * Tk + j0;
+      for (int64_t r = 0; r < mi; ++r) {
+        T* row = s + r * ld;
+#pragma omp simd simdlen(kLanes<T>)
+        for (int64_t c = 0; c < nj; ++c) row[c] = pk[c] ? ninf : row[c];
+      }
+    }
+    if (m.causal_partial)
+      for (int64_t r = 0; r < mi; ++r) {
+        const int64_t visible = std::clamp<int64_t>(i0 + r + shift + 1 - j0, 0, nj);
+        std::fill(s + r * ld + visible, s + r * ld + nj, ninf);
+      }
+  }
+};
+
+// ---- tile products ---------------------------------------------------------------------------
+
+// A matrix in memory: element (i, j) at p[i * rs + j * cs].
+template <class T>
+struct Mat {
+  const T* p;
+  int64_t rs, cs;
+};
+
+// True where tile_gemm runs the AVX-512 kernel (f32), which reads B's rows with unit stride.
+template <class T>
+constexpr bool kRegisterKernel = ATTNLAB_FLASH_AVX512 && std::is_same_v<T, float>;
+
+#if ATTNLAB_FLASH_AVX512
+// Full masks for the zero-masked forms of shuffles, max, roundscale and scalef: the same instructions,
+// but GCC 12 warns (-Wmaybe-uninitialized) about the undefined pass-through of the unmasked ones.
+constexpr __mmask16 kAll16 = 0xFFFF;
+constexpr __mmask8 kAll8 = 0xFF;
+
+namespace avx512 {
+// C[MR × 16·NZ] = alpha · A B + beta · C for one block of rows: A entries are broadcast, B rows are
+// read 16 floats at a time (the last vector under `tail`), accumulators stay in registers.
+template <int MR, int NZ>
+[[gnu::always_inline]] inline void block(int64_t kdim, float alpha, const float* a, int64_t ars, int64_t aks,
+                                         const float* b, int64_t ldb, float beta, float* c, int64_t ldc,
+                                         __mmask16 tail) {
+  __m512 acc[MR][NZ];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NZ; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kdim; ++k) {
+    __m512 bv[NZ];
+#pragma GCC unroll 4
+    for (int j = 0; j < NZ; ++j)
+      bv[j] = j + 1 < NZ ? _mm512_loadu_ps(b + k * ldb + 16 * j) : _mm512_maskz_loadu_ps(tail, b + k * ldb + 16 * j);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512 av = _mm512_set1_ps(a[i * ars + k * aks]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NZ; ++j) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NZ; ++j) {
+      float* cp = c + i * ldc + 16 * j;
+      const __mmask16 m = j + 1 < NZ ? __mmask16(0xFFFF) : tail;
+      __m512 r = _mm512_mul_ps(acc[i][j], va);
+      if (beta != 0.0f) r = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, cp), r);
+      _mm512_mask_storeu_ps(cp, m, r);
+    }
+}
+
+// All rows of one column panel of NZ vectors, in blocks that fill the 32 vector registers.
+template <int NZ>
+void panel(int64_t m, int64_t kdim, float alpha, const float* a, int64_t ars, int64_t aks, const float* b,
+           int64_t ldb, float beta, float* c, int64_t ldc, __mmask16 tail) {
+  constexpr int MR = NZ == 4 ? 6 : NZ == 3 ? 7 : NZ == 2 ? 12 : 14;
+  int64_t i = 0;
+  for (; i + MR <= m; i += MR) block<MR, NZ>(kdim, alpha, a + i * ars, ars, aks, b, ldb, beta, c + i * ldc, ldc, tail);
+  const float* ai = a + i * ars;
+  float* ci = c + i * ldc;
+  switch (m - i) {
+#define ATTNLAB_FLASH_ROWS(r) \
+  case r:                     \
+    if constexpr (r < MR) block<r, NZ>(kdim, alpha, ai, ars, aks, b, ldb, beta, ci, ldc, tail); \
+    break;
+    ATTNLAB_FLASH_ROWS(1) ATTNLAB_FLASH_ROWS(2) ATTNLAB_FLASH_ROWS(3) ATTNLAB_FLASH_ROWS(4) ATTNLAB_FLASH_ROWS(5)
+    ATTNLAB_FLASH_ROWS(6) ATTNLAB_FLASH_ROWS(7) ATTNLAB_FLASH_ROWS(8) ATTNLAB_FLASH_ROWS(9) ATTNLAB_FLASH_ROWS(10)
+    ATTNLAB_FLASH_ROWS(11) ATTNLAB_FLASH_ROWS(12) ATTNLAB_FLASH_ROWS(13)
+#undef ATTNLAB_FLASH_ROWS
+    default: break;
+  }
+}
+
+void gemm(int64_t m, int64_t w, int64_t kdim, float alpha, Mat<float> A, const float* b, int64_t ldb, float beta,
+          float* c, int64_t ldc) {
+  for (int64_t j = 0; j < w; j += 64) {
+    const int64_t cols = std::min<int64_t>(64, w - j);
+    const int nz = int((cols + 15) / 16);
+    const __mmask16 tail = cols % 16 ? __mmask16((1u << (cols % 16)) - 1) : __mmask16(0xFFFF);
+    switch (nz) {
+      case 4: panel<4>(m, kdim, alpha, A.p, A.rs, A.cs, b + j, ldb, beta, c + j, ldc, tail); break;
+      case 3: panel<3>(m, kdim, alpha, A.p, A.rs, A.cs, b + j, ldb, beta, c + j, ldc, tail); break;
+      case 2: panel<2>(m, kdim, alpha, A.p, A.rs, A.cs, b + j, ldb, beta, c + j, ldc, tail); break;
+      default: panel<1>(m, kdim, alpha, A.p, A.rs, A.cs, b + j, ldb, beta, c + j, ldc, tail); break;
+    }
+  }
+}
+}  // namespace avx512
+#endif
+
+// C[m × w] (row stride ldc) = alpha · A[m × kdim] · B[kdim × w] + beta · C (C is not read when beta = 0).
+template <class T>
+void tile_gemm(int64_t m, int64_t w, int64_t kdim, T alpha, Mat<T> A, Mat<T> B, T beta, T* c, int64_t ldc) {
+#if ATTNLAB_FLASH_AVX512
+  if constexpr (kRegisterKernel<T>) {
+    if (B.cs == 1 || w == 1) return avx512::gemm(m, w, kdim, alpha, A, B.p, B.rs, beta, c, ldc);
+  }
+#endif
+  cpu::MatrixArg a, b;
+  if (!cpu::blas_layout(m, kdim, A.rs, A.cs, a) || !cpu::blas_layout(kdim, w, B.rs, B.cs, b))
+    fail<ValueError>("flash_attention", "internal: a tile operand BLAS cannot take");  // unreachable: see Operand
+  cpu::gemm(m, w, kdim, alpha, A.p, a, B.p, b, beta, c, ldc);
+}
+
+// ---- operands ----------------------------------------------------------------------------------
+
+#if ATTNLAB_FLASH_AVX512
+// dst[d * ld + j] = src[j * rs + d] for a 16 × 16 block, in registers.
+inline void transpose16(const float* src, int64_t rs, float* dst, int64_t ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * rs);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_ps(kAll16, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_ps(kAll16, r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]), c = _mm512_castps_pd(t[i + 2]),
+                  d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, b, d));
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_maskz_shuffle_f32x4(kAll16, r[h + i], r[h + 4 + i], 0x88);
+      t[h + 4 + i] = _mm512_maskz_shuffle_f32x4(kAll16, r[h + i], r[h + 4 + i], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_maskz_shuffle_f32x4(kAll16, t[i], t[8 + i], 0x88);
+    r[8 + i] = _mm512_maskz_shuffle_f32x4(kAll16, t[i], t[8 + i], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
+}
+#endif
+
+// A [B, H, T, dh] tensor whose rows are contiguous (a contiguous copy otherwise): a [T, dh] slice, any
+// sub-block of rows and its transpose are valid BLAS operands and rows for the register kernel.
+struct Operand {
+  Tensor t;
+  const void* base;
+  int64_t sb, sh, sr, sc, dh;
+  explicit Operand(const Tensor& x) : t(x.size(3) <= 1 || x.stride(3) == 1 ? x : x.contiguous()) {
+    cpu::MatrixArg unused;
+    if (!cpu::blas_layout(t.size(2), t.size(3), t.stride(2), t.stride(3), unused)) t = x.contiguous();
+    base = t.raw_data();
+    sb = t.stride(0), sh = t.stride(1), sr = t.stride(2), sc = t.stride(3), dh = t.size(3);
+  }
+  template <class T>
+  const T* at(int64_t b, int64_t h, int64_t row) const {
+    return static_cast<const T*>(base) + b * sb + h * sh + row * sr;
+  }
+  template <class T>
+  Mat<T> rows(int64_t b, int64_t h, int64_t row) const {  // rows row.. as a matrix
+    return {at<T>(b, h, row), sr, sc};
+  }
+  template <class T>
+  Mat<T> rows_t(int64_t b, int64_t h, int64_t row) const {  // their transpose
+    return {at<T>(b, h, row), sc, sr};
+  }
+  // dst[d * ld + j] = element d of row (row0 + j), for j < n: the transpose of n rows, for the
+  // register kernel, which wants B's rows contiguous.
+  template <class T>
+  void pack_t(int64_t b, int64_t h, int64_t row0, int64_t n, T* dst, int64_t ld) const {
+    const T* src = at<T>(b, h, row0);
+    int64_t done = 0;  // rows [0, done) went through 16 × 16 register transposes
+#if ATTNLAB_FLASH_AVX512
+    if constexpr (std::is_same_v<T, float>) {
+      if (sc == 1) {
+        done = n - n % 16;
+        const int64_t d16 = dh - dh % 16;
+        for (int64_t j0 = 0; j0 < done; j0 += 16) {
+          for (int64_t d0 = 0; d0 < d16; d0 += 16) transpose16(src + j0 * sr + d0, sr, dst + d0 * ld + j0, ld);
+          for (int64_t d = d16; d < dh; ++d)
+            for (int64_t j = j0; j < j0 + 16; ++j) dst[d * ld + j] = src[j * sr + d];
+        }
+      }
+    }
+#endif
+    for (int64_t d = 0; d < dh; ++d)
+      for (int64_t j = done; j < n; ++j) dst[d * ld + j] = src[j * sr + d * sc];
+  }
+};
+
+// ---- row kernels (locals, not captures, so the loops vectorise) --------------------------------
+
+template <class T>
+T row_max(const T* x, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd simdlen(kLanes<T>) reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = x[i];
+    m = v > m ? v : m;
+  }
+  return m;
+}
+
+#if ATTNLAB_FLASH_AVX512
+// e^x for 16 floats, for the softmax rows here (x <= 0 up to rounding: scores minus their row max or
+// log-sum-exp). Cody-Waite reduction and the Cephes polynomial of cpu::exp_approx, 2^n applied by
+// scalef; 0 below ln 2^-126 (never a subnormal) and for -inf; NaN stays NaN. Fewer instructions than
+// exp_approx, whose range checks for large x compile to mask round-trips.
+[[gnu::always_inline]] inline __m512 exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.33654475f);
+  const __m512 xc = _mm512_maskz_max_ps(kAll16, lo, x);  // NaN is the second operand: it stays NaN
+  const __m512 n = _mm512_maskz_roundscale_ps(kAll16, _mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(_mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ), e, n);
+}
+#endif
+
+// x := exp(x - sub); returns the sum.
+template <class T>
+T exp_row(T* x, int64_t n, T sub) {
+#if ATTNLAB_FLASH_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512 vs = _mm512_set1_ps(sub);
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vs));
+      _mm512_storeu_ps(x + i, e);
+      acc = _mm512_add_ps(acc, e);
+    }
+    if (i < n) {
+      const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vs));
+      _mm512_mask_storeu_ps(x + i, m, e);
+      acc = _mm512_mask_add_ps(acc, m, acc, e);
+    }
+    alignas(64) float lanes[16];  // (not _mm512_reduce_add_ps: the same GCC 12 warning)
+    _mm512_store_ps(lanes, acc);
+    float sum = 0;
+    for (float e : lanes) sum += e;
+    return sum;
+  }
+#endif
+  T s = 0;
+#pragma omp simd simdlen(kLanes<T>) reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const T e = cpu::exp_fast(T(x[i] - sub));
+    x[i] = e;
+    s += e;
+  }
+  return s;
+}
+
+template <class T>
+void scale_row(T* x, int64_t n, T a) {
+#pragma omp simd simdlen(kLanes<T>)
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+bool run_parallel(double work) { return work >= kParallelWork && omp_get_max_threads() > 1 && !omp_in_parallel(); }
+
+// ---- forward -----------------------------------------------------------------------------------
+
+struct QTile {
+  int64_t seg, i0, i1;
+};
+
+template <class T>
+void forward_kernel(const Plan& p, const Operand& q, const Operand& k, const Operand& v, T* out, T* lse) {
+  const flash::Tiles tl = effective_tiles();
+  const int64_t bq = tl.fwd_q, bk = tl.fwd_k, dh = p.dh, BH = p.B * p.H;
+  std::vector<QTile> tiles;
+  double work = 0;
+  for (size_t s = 0; s < p.segs.size(); ++s)
+    for (int64_t i0 = p.segs[s].q0; i0 < p.segs[s].q1; i0 += bq) {
+      const int64_t i1 = std::min(i0 + bq, p.segs[s].q1);
+      tiles.push_back({int64_t(s), i0, i1});
+      work += double(i1 - i0) * double(p.key_end(p.segs[s], i1) - p.segs[s].k0) * double(2 * dh);
+    }
+  const int64_t nt_tiles = int64_t(tiles.size()), items = BH * nt_tiles;
+  const bool par = run_parallel(work * double(BH));
+  const int nthreads = par ? omp_get_max_threads() : 1;
+  // The register kernel reads Kᵀ row by row. When several query tiles share a key tile, pack it once
+  // per head, [BH, dh, Tk] (the size of K); when each key tile meets one query tile (block-local),
+  // pack each tile as it is used instead, saving a pass over K.
+  bool shared_keys = false;
+  for (const Segment& seg : p.segs) shared_keys = shared_keys || seg.q1 - seg.q0 > bq;
+  Tensor kt;
+  if constexpr (kRegisterKernel<T>) {
+    if (shared_keys) kt = empty({BH, dh, p.Tk}, dtype_of<T>());
+  }
+  if (kt.defined()) {
+    T* pk = kt.data<T>();
+#pragma omp parallel for schedule(static) if (par) num_threads(nthreads)
+    for (int64_t bh = 0; bh < BH; ++bh) k.pack_t<T>(bh / p.H, bh % p.H, 0, p.Tk, pk + bh * dh * p.Tk, p.Tk);
+  }
+  const T* pkt = kt.defined() ? kt.data<T>() : nullptr;
+  const bool pack_tiles = kRegisterKernel<T> && !kt.defined();
+  // Score tile, running max, running sum, and a packed K_jᵀ tile when packing per tile.
+  const int64_t per_thread = bq * bk + 2 * bq + (pack_tiles ? dh * bk : 0);
+  Tensor scratch = empty({nthreads, per_thread}, dtype_of<T>());
+  T* scratch0 = scratch.data<T>();
+  const T scale = T(p.scale), ninf = -std::numeric_limits<T>::infinity();
+
+#pragma omp parallel for schedule(dynamic, 1) if (par) num_threads(nthreads)
+  for (int64_t it = 0; it < items; ++it) {
+    T* S = scratch0 + int64_t(omp_get_thread_num()) * per_thread;
+    T* m = S + bq * bk;
+    T* l = m + bq;
+    const int64_t bh = it / nt_tiles, b = bh / p.H, h = bh % p.H;
+    const QTile& t = tiles[size_t(it % nt_tiles)];
+    const Segment& seg = p.segs[size_t(t.seg)];
+    const int64_t mi = t.i1 - t.i0;
+    T* o = out + (bh * p.Tq + t.i0) * dh;
+    bool first = true;  // the first visited key tile writes O (beta = 0) instead of rescaling it
+    std::fill(m, m + mi, ninf);
+    std::fill(l, l + mi, T(0));
+    const Mat<T> qi = q.rows<T>(b, h, t.i0);
+    const int64_t kend = p.key_end(seg, t.i1);
+    for (int64_t j0 = seg.k0; j0 < kend; j0 += bk) {
+      const int64_t j1 = std::min(j0 + bk, kend), nj = j1 - j0;
+      const TileMask mk = p.classify(b, t.i0, t.i1, j0, j1);
+      if (mk.skip) continue;
+      Mat<T> kjt = pkt ? Mat<T>{pkt + bh * dh * p.Tk + j0, p.Tk, 1} : k.rows_t<T>(b, h, j0);
+      if (pack_tiles) {
+        k.pack_t<T>(b, h, j0, nj, l + bq, bk);
+        kjt = {l + bq, bk, 1};
+      }
+      tile_gemm(mi, nj, dh, scale, qi, kjt, T(0), S, bk);  // S = scale Q_i K_jᵀ
+      p.apply_mask(S, bk, b, t.i0, mi, j0, nj, mk);
+      for (int64_t r = 0; r < mi; ++r) {
+        T* srow = S + r * bk;
+        const T mnew = std::max(m[r], row_max(srow, nj));
+        const T mu = std::isfinite(mnew) ? mnew : T(0);  // nothing visible yet: exp(-inf - 0) = 0, not NaN
+        const T alpha = cpu::exp_fast(T(m[r] - mu));
+        l[r] = l[r] * alpha + exp_row(srow, nj, mu);
+        m[r] = mnew;
+        if (!first && alpha != T(1)) scale_row(o + r * dh, dh, alpha);
+      }
+      tile_gemm(mi, dh, nj, T(1), Mat<T>{S, bk, 1}, v.rows<T>(b, h, j0), first ? T(0) : T(1), o, dh);  // O_i += P V_j
+      first = false;
+    }
+    if (first) std::fill(o, o + mi * dh, T(0));  // no visible key at all
+    T* lrow = lse + bh * p.Tq + t.i0;
+    for (int64_t r = 0; r < mi; ++r) {
+      if (l[r] > 0) {
+        scale_row(o + r * dh, dh, T(1) / l[r]);
+        lrow[r] = m[r] + std::log(l[r]);
+      } else {  // a fully masked row: zero output, LSE of nothing
+        std::fill(o + r * dh, o + (r + 1) * dh, T(0));
+        lrow[r] = ninf;
+      }
+    }
+  }
+}
+
+// ---- backward ----------------------------------------------------------------------------------
+
+struct KItem {
+  int64_t bh, seg, j0, j1;
+};
+
+struct Grads {
+  Tensor dq, dk, dv;
+};
+
+template <class T>
+Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const Operand& v, const Tensor& out,
+                      const Tensor& lse_t, const Tensor& g, const std::vector<bool>& need) {
+  const flash::Tiles tl = effective_tiles();
+  const int64_t bq = tl.bwd_q, bk = tl.bwd_k, dh = p.dh, nseg = int64_t(p.segs.size()), BH = p.B * p.H;
+  const int64_t G = BH * nseg;  // groups (bh, segment): the items that add into the same dQ rows
+  const DType dt = dtype_of<T>();
+  Grads gr{empty({p.B, p.H, p.Tq, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt)};
+  const Operand go(g);
+  const T* po = out.data<T>();
+  const T* lse = lse_t.data<T>();
+  T *dq = gr.dq.data<T>(), *dk = gr.dk.data<T>(), *dv = gr.dv.data<T>();
+
+  // Items in (bh, segment, key tile) order; group gi owns items [group_start[gi], group_start[gi + 1]).
+  std::vector<KItem> items;
+  std::vector<double> cost;
+  std::vector<int64_t> group_start;
+  for (int64_t bh = 0; bh < BH; ++bh)
+    for (int64_t s = 0; s < nseg; ++s) {
+      group_start.push_back(int64_t(items.size()));
+      const Segment& seg = p.segs[size_t(s)];
+      for (int64_t j0 = seg.k0; j0 < seg.k1; j0 += bk) {
+        const int64_t j1 = std::min(j0 + bk, seg.k1);
+        // Causal: query rows i with i + shift >= j0 see this tile.
+        const int64_t first_row = p.causal ? std::clamp(j0 - p.shift, seg.q0, seg.q1) : seg.q0;
+        items.push_back({bh, s, j0, j1});
+        cost.push_back(double(seg.q1 - first_row) * double(j1 - j0) * double(4 * dh) + 1.0);
+      }
+    }
+  group_start.push_back(int64_t(items.size()));
+  const int64_t n_items = int64_t(items.size());
+  double total = 0;
+  for (double c : cost) total += c;
+  const bool par = run_parallel(total);
+  const int nt = par ? omp_get_max_threads() : 1;
+
+  // Rows no item writes: keys outside every segment, queries of segments without keys.
+  {
+    int64_t covered = 0;
+    std::vector<std::pair<int64_t, int64_t>> gaps;
+    for (const Segment& seg : p.segs) {
+      if (seg.k0 > covered) gaps.push_back({covered, seg.k0});
+      covered = std::max(covered, seg.k1);
+    }
+    if (covered < p.Tk) gaps.push_back({covered, p.Tk});
+    for (int64_t bh = 0; bh < BH; ++bh) {
+      for (auto [a, e] : gaps) {
+        std::fill(dk + (bh * p.Tk + a) * dh, dk + (bh * p.Tk + e) * dh, T(0));
+        std::fill(dv + (bh * p.Tk + a) * dh, dv + (bh * p.Tk + e) * dh, T(0));
+      }
+      for (const Segment& seg : p.segs)
+        if (seg.k0 == seg.k1) std::fill(dq + (bh * p.Tq + seg.q0) * dh, dq + (bh * p.Tq + seg.q1) * dh, T(0));
+    }
+  }
+
+  // Per thread: P (over S) and dP (then dS), [bq, bk]; for the register kernel also K_jᵀ and V_jᵀ, [dh, bk].
+  // Then D = rowsum(dO ∘ O) for the rows of the thread's current group (computed when it starts,
+  // while those rows are about to be used).
+  const int64_t packed = kRegisterKernel<T> ? dh * bk : 0;
+  int64_t max_rows = 1;
+  for (const Segment& seg : p.segs) max_rows = std::max(max_rows, seg.q1 - seg.q0);
+  const int64_t per_thread = 2 * bq * bk + 2 * packed + max_rows;
+  Tensor scratch = empty({nt, per_thread}, dt);
+  T* scratch0 = scratch.data<T>();
+  const T scale = T(p.scale), pinf = std::numeric_limits<T>::infinity();
+
+  // One key tile against every query tile of its segment; dq_rows is the segment's first dQ row and
+  // q_written[t] says whether its query tile t already holds a partial sum (else beta = 0 writes it).
+  auto run_item = [&](const KItem& it, T* dq_rows, char* q_written, T* P) {
+    T* dP = P + bq * bk;
+    const T* D = dP + bq * bk + 2 * packed;  // D of the group's rows, from row seg.q0
+    const int64_t b = it.bh / p.H, h = it.bh % p.H, nj = it.j1 - it.j0;
+    const Segment& seg = p.segs[size_t(it.seg)];
+    Mat<T> kjt = k.rows_t<T>(b, h, it.j0), vjt = v.rows_t<T>(b, h, it.j0);
+    if constexpr (kRegisterKernel<T>) {
+      T* pk = dP + bq * bk;
+      k.pack_t<T>(b, h, it.j0, nj, pk, bk);
+      v.pack_t<T>(b, h, it.j0, nj, pk + packed, bk);
+      kjt = {pk, bk, 1};
+      vjt = {pk + packed, bk, 1};
+    }
+    const Mat<T> kj = k.rows<T>(b, h, it.j0);
+    T* dk_rows = dk + (it.bh * p.Tk + it.j0) * dh;
+    T* dv_rows = dv + (it.bh * p.Tk + it.j0) * dh;
+    bool kv_written = false;
+    for (int64_t i0 = seg.q0; i0 < seg.q1; i0 += bq) {
+      const int64_t i1 = std::min(i0 + bq, seg.q1), mi = i1 - i0;
+      const TileMask mk = p.classify(b, i0, i1, it.j0, it.j1);
+      if (mk.skip) continue;
+      const Mat<T> qi = q.rows<T>(b, h, i0), gi = go.rows<T>(b, h, i0);
+      tile_gemm(mi, nj, dh, scale, qi, kjt, T(0), P, bk);  // S = scale Q_i K_jᵀ
+      p.apply_mask(P, bk, b, i0, mi, it.j0, nj, mk);
+      const T* lrow = lse + it.bh * p.Tq + i0;
+      for (int64_t r = 0; r < mi; ++r) {
+        const T le = std::isinf(lrow[r]) && lrow[r] < 0 ? pinf : lrow[r];  // fully masked row: P = 0
+        exp_row(P + r * bk, nj, le);
+      }
+      const Mat<T> Pt{P, 1, bk}, dSt{dP, 1, bk};
+      const T beta_kv = kv_written ? T(1) : T(0);
+      kv_written = true;
+      if (need[2]) tile_gemm(nj, dh, mi, T(1), Pt, gi, beta_kv, dv_rows, dh);  // dV_j += Pᵀ dO_i
+      if (!need[0] && !need[1]) continue;
+      tile_gemm(mi, nj, dh, T(1), gi, vjt, T(0), dP, bk);  // dP = dO_i V_jᵀ
+      const T* Drow = D + (i0 - seg.q0);
+      for (int64_t r = 0; r < mi; ++r) {
+        const T* prow = P + r * bk;
+        T* drow = dP + r * bk;
+        const T Dr = Drow[r];
+#pragma omp simd simdlen(kLanes<T>)
+        for (int64_t c = 0; c < nj; ++c) drow[c] = prow[c] * (drow[c] - Dr);  // dS = P ∘ (dP - D)
+      }
+      if (need[1]) tile_gemm(nj, dh, mi, scale, dSt, qi, beta_kv, dk_rows, dh);  // dK_j += scale dSᵀ Q_i
+      if (need[0]) {  // dQ_i += scale dS K_j
+        char& written = q_written[(i0 - seg.q0) / bq];
+        tile_gemm(mi, dh, nj, scale, Mat<T>{dP, bk, 1}, kj, written ? T(1) : T(0), dq_rows + (i0 - seg.q0) * dh, dh);
+        written = 1;
+      }
+    }
+    if (!kv_written) {  // every query tile skipped this key tile
+      std::fill(dk_rows, dk_rows + nj * dh, T(0));
+      std::fill(dv_rows, dv_rows + nj * dh, T(0));
+    }
+  };
+  int64_t max_qtiles = 1;
+  for (const Segment& seg : p.segs) max_qtiles = std::max(max_qtiles, (seg.q1 - seg.q0 + bq - 1) / bq);
+  // A group starts on a thread: nothing of its dQ written yet; D of its rows.
+  auto start_group = [&](int64_t gi, T* P, char* q_written) {
+    std::fill(q_written, q_written + max_qtiles, 0);
+    const Segment& seg = p.segs[size_t(gi % nseg)];
+    const int64_t bh = gi / nseg, b = bh / p.H, h = bh % p.H, gs = go.sc;
+    T* D = P + 2 * bq * bk + 2 * packed;
+    for (int64_t i = seg.q0; i < seg.q1; ++i) {
+      const T* grow = go.at<T>(b, h, i);
+      const T* orow = po + (bh * p.Tq + i) * dh;
+      double acc = 0;
+      if (gs == 1) {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t d = 0; d < dh; ++d) acc += double(grow[d]) * double(orow[d]);
+      } else {
+        for (int64_t d = 0; d < dh; ++d) acc += double(grow[d * gs]) * double(orow[d]);
+      }
+      D[i - seg.q0] = T(acc);
+    }
+  };
+  // dQ rows of a group (or of a thread's share of it) that no item wrote are zero.
+  auto finish_group = [&](int64_t gi, T* dq_rows, const char* q_written) {
+    const Segment& seg = p.segs[size_t(gi % nseg)];
+    for (int64_t t = 0; t * bq < seg.q1 - seg.q0; ++t)
+      if (!q_written[t]) std::fill(dq_rows + t * bq * dh, dq_rows + std::min((t + 1) * bq, seg.q1 - seg.q0) * dh, T(0));
+  };
+
+  auto group_rows = [&](int64_t gi) { return (p.segs[size_t(gi % nseg)].q1 - p.segs[size_t(gi % nseg)].q0) * dh; };
+  auto group_dq = [&](int64_t gi) { return dq + ((gi / nseg) * p.Tq + p.segs[size_t(gi % nseg)].q0) * dh; };
+
+  if (G >= 2 * nt) {
+    // Enough groups: each runs whole on one thread (dynamic: robust to a busy core), in item order.
+#pragma omp parallel if (par) num_threads(nt)
+    {
+      std::vector<char> q_written(static_cast<size_t>(max_qtiles));
+      T* P = scratch0 + int64_t(omp_get_thread_num()) * per_thread;
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t gi = 0; gi < G; ++gi) {
+        if (group_start[size_t(gi)] == group_start[size_t(gi) + 1]) continue;  // zeroed above
+        T* dq_rows = group_dq(gi);
+        start_group(gi, P, q_written.data());
+        for (int64_t i = group_start[size_t(gi)]; i < group_start[size_t(gi) + 1]; ++i)
+          run_item(items[size_t(i)], dq_rows, q_written.data(), P);
+        if (need[0]) finish_group(gi, dq_rows, q_written.data());
+      }
+    }
+    return gr;
+  }
+
+  // Few groups: split the items statically into contiguous ranges of equal cost. A group split
+  // between threads accumulates its dQ in one private buffer per thread, summed in thread order.
+  std::vector<int64_t> start(size_t(nt) + 1, n_items);
+  start[0] = 0;
+  {
+    double acc = 0;
+    int t = 1;
+    for (int64_t i = 0; i < n_items && t < nt; ++i) {
+      acc += cost[size_t(i)];
+      while (t < nt && acc >= total * double(t) / double(nt)) start[size_t(t++)] = i + 1;
+    }
+  }
+  std::vector<int64_t> group_of(static_cast<size_t>(n_items));
+  for (int64_t gi = 0; gi < G; ++gi)
+    for (int64_t i = group_start[size_t(gi)]; i < group_start[size_t(gi) + 1]; ++i) group_of[size_t(i)] = gi;
+  std::vector<char> shared(size_t(G), 0);
+  for (int t = 1; t < nt; ++t) {
+    const int64_t cut = start[size_t(t)];
+    if (cut > 0 && cut < n_items && group_of[size_t(cut - 1)] == group_of[size_t(cut)])
+      shared[size_t(group_of[size_t(cut)])] = 1;
+  }
+  struct Partial {
+    int t;
+    int64_t group, offset;
+  };
+  std::vector<Partial> partials;  // in thread order
+  int64_t partial_elems = 0;
+  for (int t = 0; t < nt; ++t) {
+    const int64_t a = start[size_t(t)], e = start[size_t(t) + 1];
+    if (a >= e) continue;
+    for (int64_t gi : {group_of[size_t(a)], group_of[size_t(e - 1)]}) {
+      if (!shared[size_t(gi)] || (!partials.empty() && partials.back().t == t && partials.back().group == gi)) continue;
+      partials.push_back({t, gi, partial_elems});
+      partial_elems += group_rows(gi);
+    }
+  }
+  Tensor partial_buf = empty({std::max<int64_t>(partial_elems, 1)}, dt);
+  T* pbuf = partial_buf.data<T>();
+
+#pragma omp parallel if (par) num_threads(nt)
+  {
+    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+    T* P = scratch0 + int64_t(tid) * per_thread;
+    std::vector<char> q_written(static_cast<size_t>(max_qtiles));
+    for (int t = tid; t < nt; t += team) {  // a smaller team than asked for still covers every range
+      T* dq_rows = nullptr;
+      const int64_t a = start[size_t(t)], e = start[size_t(t) + 1];
+      for (int64_t i = a; i < e; ++i) {
+        const int64_t gi = group_of[size_t(i)];
+        if (i == a || gi != group_of[size_t(i - 1)]) {  // first item of a group here
+          dq_rows = group_dq(gi);
+          for (const Partial& pa : partials)
+            if (pa.t == t && pa.group == gi) dq_rows = pbuf + pa.offset;
+          start_group(gi, P, q_written.data());
+        }
+        run_item(items[size_t(i)], dq_rows, q_written.data(), P);
+        if (need[0] && (i + 1 == e || group_of[size_t(i + 1)] != gi)) finish_group(gi, dq_rows, q_written.data());
+      }
+    }
+  }
+  std::stable_sort(partials.begin(), partials.end(),
+                   [](const Partial& a, const Partial& b) { return a.group < b.group; });
+  for (size_t i = 0; i < partials.size(); ++i) {
+    const Partial& pa = partials[i];
+    const int64_t n = group_rows(pa.group);
+    T* dst = group_dq(pa.group);
+    const T* src = pbuf + pa.offset;
+    if (i == 0 || partials[i - 1].group != pa.group) {
+      std::copy(src, src + n, dst);
+    } else {
+#pragma omp simd
+      for (int64_t e = 0; e < n; ++e) dst[e] += src[e];
+    }
+  }
+  return gr;
+}
+
+// ---- the op ------------------------------------------------------------------------------------
+
+Tensor fused_attention(const OpDef& op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                       double scale, int64_t block, Tensor* lse_out) {
+  const char* name = op.name.c_str();
+  check_qkv(name, q, k, v, mask);
+  if (!is_floating(q.dtype()))
+    fail<DTypeError>(name, "q, k, v must be f32 or f64, got ", describe(q), ", ", describe(k), ", ", describe(v));
+  if (q.device() != Device::cpu || k.device() != Device::cpu || v.device() != Device::cpu)
+    fail<DeviceError>(name, "runs on the CPU; got q on ", q.device(), ", k on ", k.device(), ", v on ", v.device());
+  if (!std::isfinite(scale)) fail<ValueError>(name, "scale must be finite, got ", scale);
+  auto plan = std::make_shared<const Plan>(q, k, mask, scale, block);
+  const DType dt = q.dtype();
+  const bool empty_problem = q.numel() == 0 || k.numel() == 0;
+  // Every row is written by the kernel; an empty problem is zeros (and the LSE of nothing).
+  Tensor out = empty_problem ? zeros(q.shape(), dt) : empty(q.shape(), dt);
+  const Shape lse_shape{plan->B, plan->H, plan->Tq};
+  Tensor lse = empty_problem ? full(lse_shape, -INFINITY, dt) : empty(lse_shape, dt);
+  if (!empty_problem)
+    dispatch_floating(dt, name, [&]<class T>() {
+      forward_kernel<T>(*plan, Operand(q), Operand(k), Operand(v), out.data<T>(), lse.data<T>());
+    });
+  if (lse_out) *lse_out = lse;
+  if (needs_grad({q, k, v}))
+    record(out, op, {q, k, v},
+           [plan, name, empty_problem, sq = SavedTensor(q, name), sk = SavedTensor(k, name),
+            sv = SavedTensor(v, name), so = SavedTensor(out.detach(), name),
+            sl = SavedTensor(lse, name)](const Tensor& g, const std::vector<bool>& need) {
+             const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get();
+             if (empty_problem)
+               return std::vector<Tensor>{need[0] ? zeros_like(qv) : Tensor(), need[1] ? zeros_like(kv) : Tensor(),
+                                          need[2] ? zeros_like(vv) : Tensor()};
+             Grads gr = dispatch_floating(g.dtype(), name, [&]<class T>() {
+               return backward_kernel<T>(*plan, Operand(qv), Operand(kv), Operand(vv), so.get(), sl.get(),
+                                         g.dtype() == qv.dtype() ? g : g.to(qv.dtype()), need);
+             });
+             return std::vector<Tensor>{need[0] ? gr.dq : Tensor(), need[1] ? gr.dk : Tensor(),
+                                        need[2] ? gr.dv : Tensor()};
+           });
+  return out;
+}
+
+// ---- registration --------------------------------------------------------------------------------
+
+Tensor padding_mask(std::vector<double> v, int64_t B, int64_t T) { return from_vector(v, {B, T}, DType::b8); }
+
+static const OpDef kFlashAttention(
+    "flash_attention",
+    "D = rowsum(g∘O), P = exp(S - LSE); dV = Pᵀ g, dS = P∘(g Vᵀ - D), dQ = scale dS K, dK = scale dSᵀ Q",
+    {{"[2,2,5,3] no mask, one tile",
+      [](Generator& g) { return Inputs{rn(g, {2, 2, 5, 3}), rn(g, {2, 2, 5, 3}), rn(g, {2, 2, 5, 3})}; },
+      [](const Inputs& in) { return flash_attention(in[0], in[1], in[2], {}, 0.6); }},
+     {"causal, Tq 5 < Tk 7, tiles 2x3 (n not a multiple of the tile)",
+      [](Generator& g) { return Inputs{rn(g, {1, 2, 5, 3}), rn(g, {1, 2, 7, 3}), rn(g, {1, 2, 7, 3})}; },
+      [](const Inputs& in) {
+        ScopedTiles st({2, 3, 2, 3});
+        return flash_attention(in[0], in[1], in[2], {true, {}}, 0.7);
+      }},
+     {"causal, Tq 6 > Tk 4 (first rows see nothing), tiles 4x3",
+      [](Generator& g) { return Inputs{rn(g, {1, 1, 6, 2}), rn(g, {1, 1, 4, 2}), rn(g, {1, 1, 4, 2})}; },
+      [](const Inputs& in) {
+        ScopedTiles st({4, 3, 4, 3});
+        return flash_attention(in[0], in[1], in[2], {true, {}}, 0.8);
+      }},
+     {"key padding (batch 1 fully padded) + causal, tiles 3x2",
+      [](Generator& g) {
+        return Inputs{rn(g, {2, 1, 5, 3}), rn(g, {2, 1, 5, 3}), rn(g, {2, 1, 5, 3}),
+                      padding_mask({0, 1, 0, 0, 1, 1, 1, 1, 1, 1}, 2, 5)};
+      },
+      [](const Inputs& in) {
+        ScopedTiles st({3, 2, 3, 2});
+        return flash_attention(in[0], in[1], in[2], {true, in[3]}, 0.5);
+      }},
+     {"non-contiguous q, k, v (transposed and strided views)",
+      [](Generator& g) {
+        return Inputs{rn(g, {1, 4, 2, 3}).permute({0, 2, 1, 3}), rn_t(g, {1, 2, 4, 3}),
+                      rn(g, {1, 2, 4, 6}).narrow(3, 1, 3)};
+      },
+      [](const Inputs& in) {
+        ScopedTiles st({3, 3, 3, 3});
+        return flash_attention(in[0], in[1], in[2], {}, 0.9);
+      }}});
+
+static const OpDef kLocalAttention(
+    "local_attention",
+    "flash_attention's, within each block: dV = Pᵀ g, dS = P∘(g Vᵀ - D), dQ = scale dS K, dK = scale dSᵀ Q",
+    {{"block 3 on T 8 (short last block), tiles 2x2",
+      [](Generator& g) { return Inputs{rn(g, {1, 2, 8, 3}), rn(g, {1, 2, 8, 3}), rn(g, {1, 2, 8, 3})}; },
+      [](const Inputs& in) {
+        ScopedTiles st({2, 2, 2, 2});
+        return local_attention(in[0], in[1], in[2], {}, 3, 0.6);
+      }},
+     {"block 4, causal + key padding, tiles 3x3",
+      [](Generator& g) {
+        return Inputs{rn(g, {2, 1, 7, 2}), rn(g, {2, 1, 7, 2}), rn(g, {2, 1, 7, 2}),
+                      padding_mask({0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0}, 2, 7)};
+      },
+      [](const Inputs& in) {
+        ScopedTiles st({3, 3, 3, 3});
+        return local_attention(in[0], in[1], in[2], {true, in[3]}, 4, 0.8);
+      }},
+     {"block 3, Tq 4 < Tk 7, non-contiguous inputs",
+      [](Generator& g) {
+        return Inputs{rn_t(g, {1, 1, 4, 3}), rn(g, {1, 7, 1, 3}).permute({0, 2, 1, 3}), rn_t(g, {1, 1, 7, 3})};
+      },
+      [](const Inputs& in) { return local_attention(in[0], in[1], in[2], {}, 3, 0.7); }}});
+
+}  // namespace
+
+Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
+                       Tensor* lse_out) {
+  return fused_attention(kFlashAttention, q, k, v, mask, scale, 0, lse_out);
+}
+
+Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, int64_t block,
+                       double scale, Tensor* lse_out) {
+  if (block <= 0) fail<ValueError>("local_attention", "block must be positive, got ", block);
+  return fused_attention(kLocalAttention, q, k, v, mask, scale, block, lse_out);
+}
+
+}  // namespace attnlab
