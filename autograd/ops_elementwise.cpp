@@ -71,8 +71,13 @@ Tensor unary_op(const OpDef& def, const Tensor& x, F f, DF df) {
                               const Tensor& g, const std::vector<bool>&) {
       const Tensor& xv = sx.get();
       const Tensor& yv = sy.get();
-      Tensor dydx = zip_float("backward", xv, yv, df);
-      return std::vector<Tensor>{mul(g, dydx)};
+      // One pass: dx = g * df(x, y), without materialising df.
+      Tensor dx = empty(broadcast_shapes("backward", g.shape(), xv.shape()), xv.dtype());
+      check_same_dtype("backward", g, xv);
+      dispatch_floating(xv.dtype(), "backward", [&]<class T>() {
+        cpu::map3<T, T, T, T>(g, xv, yv, dx, [&](T gv, T xe, T ye) { return T(gv * df(xe, ye)); });
+      });
+      return std::vector<Tensor>{dx};
     });
   }
   return out;

@@ -6,23 +6,105 @@
 #include "autograd/cases.h"
 #include "autograd/grad_mode.h"
 #include "autograd/node.h"
+#include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/cpu/vmath.h"
 
 namespace attnlab {
 using namespace cases;
 
+// ---- linear ------------------------------------------------------------------------------------
+
+namespace {
+
+// A 2-D view of t that BLAS can read as is (a copy only when its strides cannot be expressed).
+Tensor blas_ready(const Tensor& t, cpu::MatrixArg& arg) {
+  if (cpu::blas_layout(t.size(0), t.size(1), t.stride(0), t.stride(1), arg)) return t;
+  Tensor c = t.contiguous();
+  cpu::blas_layout(c.size(0), c.size(1), c.stride(0), c.stride(1), arg);
+  return c;
+}
+
+}  // namespace
+
+static const OpDef kLinear(
+    "linear", "y = x Wᵀ + b: dx = g W; dW = gᵀ x; db = Σ_rows g",
+    {{"[3,5] x W[4,5] + b[4]", [](Generator& g) { return Inputs{rn(g, {3, 5}), rn(g, {4, 5}), rn(g, {4})}; },
+      [](const Inputs& in) { return linear(in[0], in[1], in[2]); }},
+     {"[2,3,5] without bias", [](Generator& g) { return Inputs{rn(g, {2, 3, 5}), rn(g, {4, 5})}; },
+      [](const Inputs& in) { return linear(in[0], in[1]); }},
+     {"non-contiguous x [2,5,3]ᵀ and transposed W", [](Generator& g) {
+        return Inputs{rn(g, {2, 5, 3}).transpose(1, 2), rn(g, {5, 4}).t(), rn(g, {4})}; },
+      [](const Inputs& in) { return linear(in[0], in[1], in[2]); }}});
+
+// One GEMM for all leading dims. The bias is written into y first and the GEMM accumulates onto it
+// (beta = 1), so the bias costs no extra pass over y (and BLAS skips its beta = 0 clearing pass).
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (weight.dim() != 2) fail<ShapeError>("linear", "weight must be [out, in], got ", describe(weight));
   if (x.dim() == 0 || x.size(-1) != weight.size(1))
     fail<ShapeError>("linear", "input ", describe(x), " does not end in the weight's in-features ", describe(weight));
   if (bias.defined() && (bias.dim() != 1 || bias.size(0) != weight.size(0)))
     fail<ShapeError>("linear", "bias ", describe(bias), " does not match weight ", describe(weight));
+  if (x.dtype() != weight.dtype() || (bias.defined() && bias.dtype() != x.dtype()) || !is_floating(x.dtype()))
+    fail<DTypeError>("linear", "needs one floating dtype, got ", describe(x), ", ", describe(weight),
+                     bias.defined() ? ", " + describe(bias) : std::string());
+  const int64_t in = weight.size(1), out = weight.size(0);
   Shape out_shape = x.shape();
-  out_shape.back() = weight.size(0);
-  Tensor y = matmul(x.reshape({-1, weight.size(1)}), weight.t());
-  if (bias.defined()) y = add(y, bias);
-  return y.reshape(out_shape);
+  out_shape.back() = out;
+  Tensor x2 = x.reshape({-1, in});
+  const int64_t rows = x2.size(0);
+  Tensor y = empty({rows, out}, x.dtype());
+  if (rows > 0) {
+    cpu::MatrixArg A, B;
+    Tensor xa = blas_ready(x2, A), wt = blas_ready(weight.t(), B);
+    dispatch_floating(x.dtype(), "linear", [&]<class T>() {
+      T* py = y.data<T>();
+      if (bias.defined()) {
+        Tensor bc = bias.contiguous();
+        const T* pb = bc.data<T>();
+#pragma omp parallel for if (rows * out >= cpu::kParallelGrain) schedule(static)
+        for (int64_t r = 0; r < rows; ++r) std::memcpy(py + r * out, pb, size_t(out) * sizeof(T));
+      } else if (in == 0) {
+        std::memset(py, 0, size_t(rows * out) * sizeof(T));
+      }
+      if (in > 0) cpu::gemm(rows, out, in, T(1), xa.data<T>(), A, wt.data<T>(), B, T(bias.defined() ? 1 : 0), py, out);
+    });
+  }
+  y = y.reshape(out_shape);
+  std::vector<Tensor> inputs{x, weight};
+  if (bias.defined()) inputs.push_back(bias);
+  if (needs_grad(inputs))
+    record(y, kLinear, inputs,
+           [sx = SavedTensor(x2, "linear"), sw = SavedTensor(weight, "linear"), x_shape = x.shape(), rows, in,
+            out](const Tensor& g, const std::vector<bool>& need) {
+             cpu::MatrixArg G, X, W;
+             Tensor g2 = blas_ready(g.reshape({rows, out}), G);
+             std::vector<Tensor> grads(need.size());  // [dx, dW] or [dx, dW, db]
+             if (rows == 0 || in == 0 || out == 0) {
+               if (need[0]) grads[0] = zeros(x_shape, g.dtype());
+               if (need[1]) grads[1] = zeros({out, in}, g.dtype());
+               if (need.size() > 2 && need[2]) grads[2] = rows == 0 ? zeros({out}, g.dtype()) : sum(g2, 0);
+               return grads;
+             }
+             dispatch_floating(g.dtype(), "linear backward", [&]<class T>() {
+               if (need[0]) {  // dx = g W
+                 Tensor w = blas_ready(sw.get(), W);
+                 Tensor dx = empty({rows, in}, g.dtype());
+                 cpu::gemm(rows, in, out, T(1), g2.data<T>(), G, w.data<T>(), W, T(0), dx.data<T>(), in);
+                 grads[0] = dx.reshape(x_shape);
+               }
+               if (need[1]) {  // dW = gᵀ x
+                 Tensor xs = blas_ready(sx.get(), X);
+                 cpu::MatrixArg Gt{!G.trans, G.ld};
+                 Tensor dw = empty({out, in}, g.dtype());
+                 cpu::gemm(out, in, rows, T(1), g2.data<T>(), Gt, xs.data<T>(), X, T(0), dw.data<T>(), in);
+                 grads[1] = dw;
+               }
+             });
+             if (need.size() > 2 && need[2]) grads[2] = sum(g2, 0);
+             return grads;
+           });
+  return y;
 }
 
 // ---- layer_norm --------------------------------------------------------------------------------

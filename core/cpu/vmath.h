@@ -53,12 +53,12 @@ namespace attnlab::cpu {
 
 // The vectorisable approximation for f32, the library function for f64 (gradient checks).
 template <class T>
-inline T exp_fast(T x) {
+[[gnu::always_inline]] inline T exp_fast(T x) {
   if constexpr (std::is_same_v<T, float>) return exp_approx(x);
   else return std::exp(x);
 }
 template <class T>
-inline T erf_fast(T x) {
+[[gnu::always_inline]] inline T erf_fast(T x) {
   if constexpr (std::is_same_v<T, float>) return erf_approx(x);
   else return std::erf(x);
 }
