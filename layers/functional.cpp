@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
+
+#include <omp.h>
 
 #include "autograd/cases.h"
 #include "autograd/grad_mode.h"
@@ -133,17 +136,23 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
     T *py = y.data<T>(), *ph = xhat.data<T>(), *pr = rstd.data<T>();
 #pragma omp parallel for if (rows * D >= cpu::kParallelGrain) schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
+      // Row statistics accumulate in double; the simd reductions let them vectorise.
       const T* xr = px + r * D;
+      T* hr = ph + r * D;
+      T* yr = py + r * D;
       double mean = 0, var = 0;
+#pragma omp simd reduction(+ : mean)
       for (int64_t i = 0; i < D; ++i) mean += double(xr[i]);
       mean /= double(D);
+#pragma omp simd reduction(+ : var)
       for (int64_t i = 0; i < D; ++i) var += (double(xr[i]) - mean) * (double(xr[i]) - mean);
-      const T rs = T(1.0 / std::sqrt(var / double(D) + eps));
+      const T rs = T(1.0 / std::sqrt(var / double(D) + eps)), mu = T(mean);
       pr[r] = rs;
+#pragma omp simd
       for (int64_t i = 0; i < D; ++i) {
-        T h = (xr[i] - T(mean)) * rs;
-        ph[r * D + i] = h;
-        py[r * D + i] = h * pw[i] + pb[i];
+        T h = (xr[i] - mu) * rs;
+        hr[i] = h;
+        yr[i] = h * pw[i] + pb[i];
       }
     }
   });
@@ -156,25 +165,46 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
              dispatch_floating(g.dtype(), "layer_norm backward", [&]<class T>() {
                const T *pg = gc.data<T>(), *ph = xhat.data<T>(), *pr = rstd.data<T>(), *pw = wv.data<T>();
                T *px = gx.data<T>(), *pgw = gw.data<T>(), *pgb = gb.data<T>();
-               for (int64_t r = 0; r < rows; ++r) {  // weight/bias grads: column sums
-                 for (int64_t i = 0; i < D; ++i) {
-                   pgw[i] += pg[r * D + i] * ph[r * D + i];
-                   pgb[i] += pg[r * D + i];
+               // Weight/bias grads are column sums: each thread sums its rows, then the partials add up.
+               const int nt = rows * D >= cpu::kParallelGrain ? omp_get_max_threads() : 1;
+               std::vector<T> part(size_t(nt) * 2 * size_t(D), T(0));
+#pragma omp parallel num_threads(nt)
+               {
+                 const int t = omp_get_thread_num();
+                 T* sw = part.data() + size_t(t) * 2 * size_t(D);
+                 T* sb = sw + D;
+                 for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r) {
+                   const T *gr = pg + r * D, *hr = ph + r * D;
+#pragma omp simd
+                   for (int64_t i = 0; i < D; ++i) {
+                     sw[i] += gr[i] * hr[i];
+                     sb[i] += gr[i];
+                   }
                  }
                }
+               for (int t = 0; t < nt; ++t)
+                 for (int64_t i = 0; i < D; ++i) {
+                   pgw[i] += part[size_t(t) * 2 * size_t(D) + size_t(i)];
+                   pgb[i] += part[size_t(t) * 2 * size_t(D) + size_t(D + i)];
+                 }
 #pragma omp parallel for if (rows * D >= cpu::kParallelGrain) schedule(static)
                for (int64_t r = 0; r < rows; ++r) {
+                 const T *gr = pg + r * D, *hr = ph + r * D;
+                 T* xr = px + r * D;
                  double m1 = 0, m2 = 0;  // mean(gx̂), mean(gx̂ x̂)
+#pragma omp simd reduction(+ : m1, m2)
                  for (int64_t i = 0; i < D; ++i) {
-                   double gh = double(pg[r * D + i]) * double(pw[i]);
+                   double gh = double(gr[i]) * double(pw[i]);
                    m1 += gh;
-                   m2 += gh * double(ph[r * D + i]);
+                   m2 += gh * double(hr[i]);
                  }
                  m1 /= double(D);
                  m2 /= double(D);
+                 const double rs = double(pr[r]);
+#pragma omp simd
                  for (int64_t i = 0; i < D; ++i) {
-                   double gh = double(pg[r * D + i]) * double(pw[i]);
-                   px[r * D + i] = T(double(pr[r]) * (gh - m1 - double(ph[r * D + i]) * m2));
+                   double gh = double(gr[i]) * double(pw[i]);
+                   xr[i] = T(rs * (gh - m1 - double(hr[i]) * m2));
                  }
                }
              });
