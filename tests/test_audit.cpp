@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "attention/attention.h"
@@ -22,35 +23,37 @@ namespace {
 
 // ---- deliberately broken ops (unlisted: they stay out of the registry) ---------------------------
 
+// y = forward(x) with a hand-written (broken) backward(g, y) recorded under `def`.
+using UnaryBackward = std::function<std::vector<Tensor>(const Tensor& g, const Tensor& y)>;
+Tensor unary_fixture(const OpDef& def, const Tensor& x, Tensor (*forward)(const Tensor&), const UnaryBackward& backward) {
+  Tensor y;
+  {
+    NoGradGuard ng;
+    y = forward(x);
+  }
+  if (needs_grad({x}))
+    record(y, def, {x}, [y0 = y.detach(), backward](const Tensor& g, const std::vector<bool>&) { return backward(g, y0); });
+  return y;
+}
+Tensor softmax_last(const Tensor& x) { return softmax(x, -1); }
+Tensor exp_op(const Tensor& x) { return exp(x); }
+Tensor tanh_op(const Tensor& x) { return tanh(x); }
+
 // tanh whose backward is off by a factor of 2.
 const OpDef kHalfTanh("test_tanh_half_grad", "dx = g (1 - y^2) / 2 (deliberately wrong by a factor of 2)", {},
                       OpDef::Listing::unlisted);
 Tensor tanh_half_grad(const Tensor& x) {
-  Tensor y;
-  {
-    NoGradGuard ng;
-    y = tanh(x);
-  }
-  if (needs_grad({x}))
-    record(y, kHalfTanh, {x}, [y0 = y.detach()](const Tensor& g, const std::vector<bool>&) {
-      return std::vector<Tensor>{g * (1.0 - y0 * y0) * 0.5};
-    });
-  return y;
+  return unary_fixture(kHalfTanh, x, tanh_op, [](const Tensor& g, const Tensor& y) {
+    return std::vector<Tensor>{g * (1.0 - y * y) * 0.5};
+  });
 }
 
 // softmax over the last dim whose backward drops the -Σ g y term.
 const OpDef kSoftmaxNoSum("test_softmax_dropped_term", "dx = y g (deliberately missing - y sum(g y))", {},
                           OpDef::Listing::unlisted);
 Tensor softmax_dropped_term(const Tensor& x) {
-  Tensor y;
-  {
-    NoGradGuard ng;
-    y = softmax(x, -1);
-  }
-  if (needs_grad({x}))
-    record(y, kSoftmaxNoSum, {x},
-           [y0 = y.detach()](const Tensor& g, const std::vector<bool>&) { return std::vector<Tensor>{g * y0}; });
-  return y;
+  return unary_fixture(kSoftmaxNoSum, x, softmax_last,
+                       [](const Tensor& g, const Tensor& y) { return std::vector<Tensor>{g * y}; });
 }
 
 // a @ b for square matrices whose backward forgets a transpose: dA = g b instead of g bᵀ.
@@ -74,46 +77,22 @@ Tensor matmul_missing_transpose(const Tensor& a, const Tensor& b) {
 const OpDef kBadShape("test_exp_bad_shape", "dx = (g y) summed over rows (deliberately the wrong shape)", {},
                       OpDef::Listing::unlisted);
 Tensor exp_bad_shape(const Tensor& x) {
-  Tensor y;
-  {
-    NoGradGuard ng;
-    y = exp(x);
-  }
-  if (needs_grad({x}))
-    record(y, kBadShape, {x}, [y0 = y.detach()](const Tensor& g, const std::vector<bool>&) {
-      return std::vector<Tensor>{sum(g * y0, 0)};
-    });
-  return y;
+  return unary_fixture(kBadShape, x, exp_op,
+                       [](const Tensor& g, const Tensor& y) { return std::vector<Tensor>{sum(g * y, 0)}; });
 }
 
 // A backward that throws, and one that returns one gradient too many.
 const OpDef kThrows("test_exp_throws", "dx = g y @ g (deliberately fails: inner dimensions differ)", {},
                     OpDef::Listing::unlisted);
 Tensor exp_throws(const Tensor& x) {
-  Tensor y;
-  {
-    NoGradGuard ng;
-    y = exp(x);
-  }
-  if (needs_grad({x}))
-    record(y, kThrows, {x}, [y0 = y.detach()](const Tensor& g, const std::vector<bool>&) {
-      return std::vector<Tensor>{matmul(g * y0, g)};
-    });
-  return y;
+  return unary_fixture(kThrows, x, exp_op,
+                       [](const Tensor& g, const Tensor& y) { return std::vector<Tensor>{matmul(g * y, g)}; });
 }
 const OpDef kTooMany("test_exp_too_many", "dx = g y, plus a stray gradient (deliberately wrong)", {},
                      OpDef::Listing::unlisted);
 Tensor exp_too_many(const Tensor& x) {
-  Tensor y;
-  {
-    NoGradGuard ng;
-    y = exp(x);
-  }
-  if (needs_grad({x}))
-    record(y, kTooMany, {x}, [y0 = y.detach()](const Tensor& g, const std::vector<bool>&) {
-      return std::vector<Tensor>{g * y0, g};
-    });
-  return y;
+  return unary_fixture(kTooMany, x, exp_op,
+                       [](const Tensor& g, const Tensor& y) { return std::vector<Tensor>{g * y, g}; });
 }
 
 // A small graph with `middle` in the middle: h = x W1 + b; m = middle(h); out = tanh(m W2 + h).
