@@ -37,9 +37,9 @@ void accumulate(Tensor& slot, const Tensor& g) { slot = slot.defined() ? add(slo
 // of a storage it fills exactly, not part of a graph.
 bool exclusively_owned(const Tensor& g) {
   const TensorImpl& t = g.impl();
-  return g.impl_ptr().use_count() == 1 && t.storage.use_count() == 1 && g.storage_offset() == 0 &&
-         g.is_contiguous() && t.storage->nbytes == size_t(g.numel()) * g.element_size() && !t.grad_fn &&
-         !t.requires_grad && !t.grad && t.name.empty();
+  return g.impl_ptr().use_count() == 1 && t.storage.use_count() == 1 && g.storage_offset() == 0 && g.is_contiguous() &&
+         t.storage->nbytes == size_t(g.numel()) * g.element_size() && !t.grad_fn && !t.requires_grad && !t.grad &&
+         t.name.empty();
 }
 
 // A leaf's .grad is its own buffer (never an alias of another gradient), summed in place. The first

@@ -25,14 +25,16 @@ namespace {
 
 // y = forward(x) with a hand-written (broken) backward(g, y) recorded under `def`.
 using UnaryBackward = std::function<std::vector<Tensor>(const Tensor& g, const Tensor& y)>;
-Tensor unary_fixture(const OpDef& def, const Tensor& x, Tensor (*forward)(const Tensor&), const UnaryBackward& backward) {
+Tensor unary_fixture(const OpDef& def, const Tensor& x, Tensor (*forward)(const Tensor&),
+                     const UnaryBackward& backward) {
   Tensor y;
   {
     NoGradGuard ng;
     y = forward(x);
   }
   if (needs_grad({x}))
-    record(y, def, {x}, [y0 = y.detach(), backward](const Tensor& g, const std::vector<bool>&) { return backward(g, y0); });
+    record(y, def, {x},
+           [y0 = y.detach(), backward](const Tensor& g, const std::vector<bool>&) { return backward(g, y0); });
   return y;
 }
 Tensor softmax_last(const Tensor& x) { return softmax(x, -1); }
@@ -43,9 +45,8 @@ Tensor tanh_op(const Tensor& x) { return tanh(x); }
 const OpDef kHalfTanh("test_tanh_half_grad", "dx = g (1 - y^2) / 2 (deliberately wrong by a factor of 2)", {},
                       OpDef::Listing::unlisted);
 Tensor tanh_half_grad(const Tensor& x) {
-  return unary_fixture(kHalfTanh, x, tanh_op, [](const Tensor& g, const Tensor& y) {
-    return std::vector<Tensor>{g * (1.0 - y * y) * 0.5};
-  });
+  return unary_fixture(kHalfTanh, x, tanh_op,
+                       [](const Tensor& g, const Tensor& y) { return std::vector<Tensor>{g * (1.0 - y * y) * 0.5}; });
 }
 
 // softmax over the last dim whose backward drops the -Σ g y term.
@@ -91,8 +92,9 @@ Tensor exp_throws(const Tensor& x) {
 const OpDef kTooMany("test_exp_too_many", "dx = g y, plus a stray gradient (deliberately wrong)", {},
                      OpDef::Listing::unlisted);
 Tensor exp_too_many(const Tensor& x) {
-  return unary_fixture(kTooMany, x, exp_op,
-                       [](const Tensor& g, const Tensor& y) { return std::vector<Tensor>{g * y, g}; });
+  return unary_fixture(kTooMany, x, exp_op, [](const Tensor& g, const Tensor& y) {
+    return std::vector<Tensor>{g * y, g};
+  });
 }
 
 // A small graph with `middle` in the middle: h = x W1 + b; m = middle(h); out = tanh(m W2 + h).
@@ -331,10 +333,8 @@ TEST_CASE("audit passes on every registered attention type, causal or not, padde
   for (const std::string& type : attention_types()) {
     for (const char* impl : {"fused", "composite"}) {
       json att = {{"type", type}};
-      if (type == "softmax" || type == "local")
-        att["impl"] = impl;
-      else if (std::string(impl) == "composite")
-        continue;
+      if (type == "softmax" || type == "local") att["impl"] = impl;
+      else if (std::string(impl) == "composite") continue;
       if (type == "local") att["block"] = 2;
       for (bool causal : {false, true})
         for (bool padding : {false, true})
