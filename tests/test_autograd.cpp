@@ -17,8 +17,10 @@
 #include "core/allocator.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "tests/support.h"
 
 using namespace attnlab;
+using namespace attnlab::testing;
 
 namespace {
 
@@ -32,22 +34,6 @@ Tensor leaf(Tensor t) {
   t.set_requires_grad(true);
   return t;
 }
-
-template <class E, class F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL("wrong exception type: ", e.what());
-    return "";
-  }
-  FAIL("no exception thrown");
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<double> grad_of(const Tensor& t) {
   REQUIRE(t.grad().defined());

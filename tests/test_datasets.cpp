@@ -16,31 +16,15 @@
 #include "datasets/batches.h"
 #include "datasets/fashion_mnist.h"
 #include "datasets/idx.h"
+#include "tests/support.h"
 
 using namespace attnlab;
+using namespace attnlab::testing;
 namespace fs = std::filesystem;
 
 namespace {
 
 using Bytes = std::vector<uint8_t>;
-
-// A fresh directory under the system temp dir, removed with everything in it on scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("attnlab_test_datasets_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 // The IDX header for unsigned bytes: 00 00 08 ndim, then each size as a big-endian uint32.
 Bytes idx_header(const std::vector<uint32_t>& dims, uint8_t type = 0x08) {
@@ -93,8 +77,6 @@ std::string io_error_message(F&& f) {
   FAIL("expected IOError, nothing was thrown");
   return "";
 }
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
 

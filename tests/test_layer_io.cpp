@@ -14,27 +14,13 @@
 #include "core/safetensors.h"
 #include "layers/transformer.h"
 #include "tools/layer_io.h"
+#include "tests/support.h"
 
 using namespace attnlab;
+using namespace attnlab::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("attnlab_test_layer_io_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 // Writes the config and inputs to files, runs the layer through the file API, reads the result back.
 SafetensorsFile run_through_files(const TempDir& dir, const std::string& layer, const nlohmann::json& cfg,
@@ -114,22 +100,6 @@ void check_bitwise(const TensorMap& got, const TensorMap& want) {
     CHECK(equal(it->second, w));
   }
 }
-
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL("wrong exception type: ", e.what());
-    return "";
-  }
-  FAIL("no exception thrown");
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
 
@@ -240,52 +210,52 @@ TEST_CASE("layer: clear errors") {
     return m;
   };
 
-  std::string e = error_of<ValueError>([&] { run_layer("attention", plain, without(qkv, "q"), "in.safetensors"); });
+  std::string e = message_of<ValueError>([&] { run_layer("attention", plain, without(qkv, "q"), "in.safetensors"); });
   CHECK(contains(e, "missing tensor 'q'"));
   CHECK(contains(e, "in.safetensors"));
-  e = error_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "k", t({1, 2, 3, 5}))); });
+  e = message_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "k", t({1, 2, 3, 5}))); });
   CHECK(contains(e, "'k'"));
   CHECK(contains(e, "[1, 2, 3, 5]"));
-  e = error_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "q", t({2, 3, 4}))); });
+  e = message_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "q", t({2, 3, 4}))); });
   CHECK(contains(e, "'q' must be [B, H, Tq, dh]"));
-  e = error_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "v", t({1, 2, 4, 4}))); });
+  e = message_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "v", t({1, 2, 4, 4}))); });
   CHECK(contains(e, "'v'"));
-  e = error_of<DTypeError>([&] { run_layer("attention", plain, with(qkv, "k", t({1, 2, 3, 4}, DType::f64))); });
+  e = message_of<DTypeError>([&] { run_layer("attention", plain, with(qkv, "k", t({1, 2, 3, 4}, DType::f64))); });
   CHECK(contains(e, "'k'"));
-  e = error_of<ValueError>([&] { run_layer("transformer", plain, qkv); });
+  e = message_of<ValueError>([&] { run_layer("transformer", plain, qkv); });
   CHECK(contains(e, "unknown layer 'transformer'"));
   CHECK(contains(e, "attention, mha"));
-  e = error_of<ValueError>([&] { run_layer("attention", plain, with(qkv, "qq", t({1}))); });
+  e = message_of<ValueError>([&] { run_layer("attention", plain, with(qkv, "qq", t({1}))); });
   CHECK(contains(e, "unexpected tensor 'qq'"));
-  e = error_of<DTypeError>([&] { run_layer("attention", plain, with(qkv, "key_padding", t({1, 3}))); });
+  e = message_of<DTypeError>([&] { run_layer("attention", plain, with(qkv, "key_padding", t({1, 3}))); });
   CHECK(contains(e, "'key_padding' must be b8"));
-  e = error_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "key_padding", zeros({1, 4}, DType::b8))); });
+  e = message_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "key_padding", zeros({1, 4}, DType::b8))); });
   CHECK(contains(e, "'key_padding' must be [B, Tk] = [1, 3]"));
-  e = error_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "grad_out", t({1, 2, 3, 3}))); });
+  e = message_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "grad_out", t({1, 2, 3, 3}))); });
   CHECK(contains(e, "'grad_out' must match the output"));
 
   const LayerConfig mha_cfg = LayerConfig::from_json({{"n_heads", 2}});
-  e = error_of<ValueError>([&] { run_layer("mha", plain, {{"x", t({1, 3, 4})}}); });
+  e = message_of<ValueError>([&] { run_layer("mha", plain, {{"x", t({1, 3, 4})}}); });
   CHECK(contains(e, "n_heads"));
-  e = error_of<ShapeError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 5})}}); });
+  e = message_of<ShapeError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 5})}}); });
   CHECK(contains(e, "not divisible by n_heads 2"));
-  e = error_of<ShapeError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4})}, {"qkv.weight", t({12, 5})}}); });
+  e = message_of<ShapeError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4})}, {"qkv.weight", t({12, 5})}}); });
   CHECK(contains(e, "parameter 'qkv.weight'"));
   CHECK(contains(e, "[12, 4]"));
-  e = error_of<DTypeError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4}, DType::f64)}, {"out.bias", t({4})}}); });
+  e = message_of<DTypeError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4}, DType::f64)}, {"out.bias", t({4})}}); });
   CHECK(contains(e, "parameter 'out.bias'"));
   CHECK(contains(e, "runs in f64"));
-  e = error_of<ValueError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4})}, {"qkv.weights", t({12, 4})}}); });
+  e = message_of<ValueError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4})}, {"qkv.weights", t({12, 4})}}); });
   CHECK(contains(e, "unexpected tensor 'qkv.weights'"));
   CHECK(contains(e, "qkv.weight"));  // the list of parameter names it does take
 
-  e = error_of<ValueError>([&] { LayerConfig::from_json({{"casual", true}}); });
+  e = message_of<ValueError>([&] { LayerConfig::from_json({{"casual", true}}); });
   CHECK(contains(e, "unknown key 'casual'"));
-  e = error_of<ValueError>([&] { LayerConfig::from_json({{"attention", {{"type", "nope"}}}}); });
+  e = message_of<ValueError>([&] { LayerConfig::from_json({{"attention", {{"type", "nope"}}}}); });
   CHECK(contains(e, "unknown attention type 'nope'"));
-  e = error_of<IOError>([&] { run_layer_io("attention", plain, "/nonexistent/in.safetensors", "/tmp/x.safetensors"); });
+  e = message_of<IOError>([&] { run_layer_io("attention", plain, "/nonexistent/in.safetensors", "/tmp/x.safetensors"); });
   CHECK(contains(e, "/nonexistent/in.safetensors"));
   // An unknown layer fails before the inputs file is opened.
-  e = error_of<ValueError>([&] { run_layer_io("mlp", plain, "/nonexistent/in.safetensors", "/tmp/x.safetensors"); });
+  e = message_of<ValueError>([&] { run_layer_io("mlp", plain, "/nonexistent/in.safetensors", "/tmp/x.safetensors"); });
   CHECK(contains(e, "unknown layer 'mlp'"));
 }

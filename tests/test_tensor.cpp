@@ -14,8 +14,10 @@
 #include "core/allocator.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "tests/support.h"
 
 using namespace attnlab;
+using namespace attnlab::testing;
 
 namespace {
 
@@ -63,22 +65,6 @@ bool close(double a, double b, double rtol = 1e-6, double atol = 1e-9) {
   if (std::isinf(a) || std::isinf(b)) return a == b;
   return std::fabs(a - b) <= atol + rtol * std::fabs(b);
 }
-
-template <class E, class F>
-std::string message_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL("wrong exception type: ", e.what());
-    return "";
-  }
-  FAIL("no exception thrown");
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 Tensor f64(const std::vector<double>& v, const Shape& s) { return from_vector(v, s); }
 Tensor f32(const std::vector<float>& v, const Shape& s) { return from_vector(v, s); }

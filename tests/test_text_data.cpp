@@ -19,48 +19,13 @@
 #include "datasets/corpus.h"
 #include "datasets/sort_task.h"
 #include "datasets/tokenizer.h"
+#include "tests/support.h"
 
 using namespace attnlab;
+using namespace attnlab::testing;
 namespace fs = std::filesystem;
 
 namespace {
-
-// A fresh directory under the system temp dir, removed with everything in it on scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("attnlab_test_text_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
-
-// Runs f, which must throw E, and returns the message.
-template <class E, class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  }
-  FAIL("no exception thrown");
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<int64_t> iota_tokens(int64_t n) {
   std::vector<int64_t> v(size_t(n), 0);
@@ -91,7 +56,7 @@ TEST_CASE("ByteTokenizer is the identity on bytes and round-trips anything") {
   CHECK(ids[3] == 255);
   CHECK(tok.decode(ids) == text);
   CHECK(tok.encode("").empty());
-  CHECK(contains(error_of<ValueError>([&] { tok.decode({65, 256}); }), "id 256 at position 1"));
+  CHECK(contains(message_of<ValueError>([&] { tok.decode({65, 256}); }), "id 256 at position 1"));
   CHECK_THROWS_AS(tok.decode({-1}), ValueError);
 }
 
@@ -105,12 +70,12 @@ TEST_CASE("CharTokenizer numbers the sorted distinct bytes of its corpus") {
   CHECK(tok.contains('w'));
   CHECK_FALSE(tok.contains('x'));
 
-  const std::string msg = error_of<ValueError>([&] { tok.encode("hex"); });
+  const std::string msg = message_of<ValueError>([&] { tok.encode("hex"); });
   CHECK(contains(msg, "CharTokenizer::encode"));
   CHECK(contains(msg, "0x78 ('x')"));
   CHECK(contains(msg, "position 2"));
-  CHECK(contains(error_of<ValueError>([&] { tok.encode("a\n"); }), "0x61"));
-  CHECK(contains(error_of<ValueError>([&] { tok.decode({8}); }), "id 8"));
+  CHECK(contains(message_of<ValueError>([&] { tok.encode("a\n"); }), "0x61"));
+  CHECK(contains(message_of<ValueError>([&] { tok.decode({8}); }), "id 8"));
 
   CHECK_THROWS_AS(CharTokenizer::from_corpus(""), ValueError);
   CHECK_THROWS_AS(CharTokenizer(std::vector<uint8_t>{'b', 'a'}), ValueError);
@@ -140,11 +105,11 @@ TEST_CASE("CharTokenizer JSON round trip, in memory and on disk") {
   CHECK(loaded.symbols() == tok.symbols());
   CHECK(loaded.encode(corpus) == tok.encode(corpus));
 
-  CHECK(contains(error_of<IOError>([&] { CharTokenizer::load(dir.file("missing.json")); }), "missing.json"));
+  CHECK(contains(message_of<IOError>([&] { CharTokenizer::load(dir.file("missing.json")); }), "missing.json"));
   write_file(dir.file("bad.json"), "{ not json");
-  CHECK(contains(error_of<IOError>([&] { CharTokenizer::load(dir.file("bad.json")); }), "not valid JSON"));
+  CHECK(contains(message_of<IOError>([&] { CharTokenizer::load(dir.file("bad.json")); }), "not valid JSON"));
   write_file(dir.file("bad_symbol.json"), R"({"tokenizer": "char", "version": 1, "symbols": [10, 300]})");
-  CHECK(contains(error_of<IOError>([&] { CharTokenizer::load(dir.file("bad_symbol.json")); }), "300"));
+  CHECK(contains(message_of<IOError>([&] { CharTokenizer::load(dir.file("bad_symbol.json")); }), "300"));
   CHECK_THROWS_AS(tok.save(dir.file("no_such_dir/tok.json")), IOError);
 
   CHECK_THROWS_AS((nlohmann::json{{"tokenizer", "byte"}, {"version", 1}, {"symbols", {65}}}.get<CharTokenizer>()), ValueError);
@@ -179,7 +144,7 @@ TEST_CASE("split_text makes contiguous, deterministic 90/5/5 splits") {
   CHECK(split_text(text.substr(0, 100), "x", {0.29, 0.71, 0.0}).train.size() == 29);
   CHECK(split_text("", "empty").total_bytes() == 0);
 
-  CHECK(contains(error_of<ValueError>([&] { split_text(text, "x", {0.9, 0.2, 0.1}); }), "sum to 1"));
+  CHECK(contains(message_of<ValueError>([&] { split_text(text, "x", {0.9, 0.2, 0.1}); }), "sum to 1"));
   CHECK_THROWS_AS(split_text(text, "x", {1.1, -0.05, -0.05}), ValueError);
 }
 
@@ -197,11 +162,11 @@ TEST_CASE("text files load by path; missing files give IOError naming them") {
   CHECK(c.train.size() == text.size() * 9 / 10);
 
   const std::string missing = dir.file("nope.txt");
-  CHECK(contains(error_of<IOError>([&] { read_text_file(missing); }), missing));
-  const std::string msg = error_of<IOError>([&] { load_corpus(missing); });
+  CHECK(contains(message_of<IOError>([&] { read_text_file(missing); }), missing));
+  const std::string msg = message_of<IOError>([&] { load_corpus(missing); });
   CHECK(contains(msg, missing));
   CHECK(contains(msg, "kjv"));
-  CHECK(contains(error_of<IOError>([&] { read_text_file(dir.path.string()); }), "directory"));
+  CHECK(contains(message_of<IOError>([&] { read_text_file(dir.path.string()); }), "directory"));
 }
 
 TEST_CASE("KJV loader: cache use, validation and the missing-program error, without bible-kjv") {
@@ -210,7 +175,7 @@ TEST_CASE("KJV loader: cache use, validation and the missing-program error, with
   const std::string no_program = "attnlab-test-no-such-program";
 
   // No cache and no program: tells the user what to install.
-  const std::string msg = error_of<IOError>([&] { kjv_text(cache, no_program); });
+  const std::string msg = message_of<IOError>([&] { kjv_text(cache, no_program); });
   CHECK(contains(msg, no_program));
   CHECK(contains(msg, "apt-get install -y bible-kjv"));
 
@@ -222,14 +187,14 @@ TEST_CASE("KJV loader: cache use, validation and the missing-program error, with
 
   // A bad cache is reported, not silently replaced.
   write_file(cache, "Genesis 1\n  1 In the beginning\n");
-  CHECK(contains(error_of<IOError>([&] { kjv_text(cache, no_program); }), "delete the cache file"));
+  CHECK(contains(message_of<IOError>([&] { kjv_text(cache, no_program); }), "delete the cache file"));
 
   std::string truncated = fake_kjv();
   truncated.resize(truncated.size() - 30);
-  CHECK(contains(error_of<IOError>([&] { validate_kjv(truncated, "t"); }), "Revelation 22:21"));
+  CHECK(contains(message_of<IOError>([&] { validate_kjv(truncated, "t"); }), "Revelation 22:21"));
   std::string no_heading = fake_kjv();
   no_heading[1] = 'X';  // "Xenesis 1"
-  CHECK(contains(error_of<IOError>([&] { validate_kjv(no_heading, "t"); }), "Genesis 1"));
+  CHECK(contains(message_of<IOError>([&] { validate_kjv(no_heading, "t"); }), "Genesis 1"));
   CHECK_NOTHROW(validate_kjv(fake_kjv(), "t"));
 
   CHECK(contains(default_kjv_cache_path(), "attnlab"));
@@ -341,7 +306,7 @@ TEST_CASE("LMBatcher: every start position is reachable, argument errors") {
   LMBatcher tight(iota_tokens(T + 1), T, 3, Generator(1));  // exactly one window
   CHECK(tight.next().input.to_vector<int64_t>() == std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3});
 
-  CHECK(contains(error_of<ValueError>([&] { LMBatcher(iota_tokens(T), T, 2, Generator(1)); }), "seq_len + 1"));
+  CHECK(contains(message_of<ValueError>([&] { LMBatcher(iota_tokens(T), T, 2, Generator(1)); }), "seq_len + 1"));
   CHECK_THROWS_AS(LMBatcher(iota_tokens(10), 0, 2, Generator(1)), ValueError);
   CHECK_THROWS_AS(LMBatcher(iota_tokens(10), 2, 0, Generator(1)), ValueError);
   CHECK_THROWS_AS(LMBatcher(zeros({10}), 2, 2, Generator(1)), DTypeError);
@@ -450,7 +415,7 @@ TEST_CASE("make_sort_batch: deterministic, each example regenerable alone, fixed
 
   CHECK_THROWS_AS(make_sort_batch({0, 1, 4}, 1, g), ValueError);
   CHECK_THROWS_AS(make_sort_batch({8, 0, 4}, 1, g), ValueError);
-  CHECK(contains(error_of<ValueError>([&] { make_sort_batch({8, 5, 4}, 1, g); }), "max_len"));
+  CHECK(contains(message_of<ValueError>([&] { make_sort_batch({8, 5, 4}, 1, g); }), "max_len"));
   CHECK(make_sort_batch(cfg, 0, g).input.shape() == Shape{0, cfg.max_len + 1});
 }
 
