@@ -1,5 +1,8 @@
 #include "attention/attention.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "attention/local.h"
 #include "attention/softmax.h"
 
@@ -59,24 +62,25 @@ Tensor causal_block_mask(int64_t tq, int64_t tk) {
   return m;
 }
 
+Tensor blocked_by_either(const Tensor& a, const Tensor& b) {
+  if (!a.defined()) return b;
+  if (!b.defined()) return a;
+  Tensor both = empty(broadcast_shapes("mask", a.shape(), b.shape()), DType::b8);
+  std::vector<uint8_t> va = a.expand(both.shape()).to_vector<uint8_t>();
+  std::vector<uint8_t> vb = b.expand(both.shape()).to_vector<uint8_t>();
+  uint8_t* p = both.data<uint8_t>();
+  for (size_t i = 0; i < va.size(); ++i) p[i] = va[i] | vb[i];
+  return both;
+}
+
 Tensor blocked_positions(const AttentionMask& m, int64_t tq, int64_t tk) {
-  Tensor blocked;
-  if (m.causal) blocked = causal_block_mask(tq, tk);
-  if (m.key_padding.defined()) {
-    Tensor pad = m.key_padding.reshape({m.key_padding.size(0), 1, 1, tk});
-    if (blocked.defined()) {
-      Tensor both = empty(broadcast_shapes("mask", pad.shape(), blocked.shape()), DType::b8);
-      // either reason blocks: logical or via max over {0,1}
-      std::vector<uint8_t> a = pad.expand(both.shape()).to_vector<uint8_t>();
-      std::vector<uint8_t> b = blocked.expand(both.shape()).to_vector<uint8_t>();
-      uint8_t* pb = both.data<uint8_t>();
-      for (size_t i = 0; i < a.size(); ++i) pb[i] = a[i] | b[i];
-      blocked = both;
-    } else {
-      blocked = pad;
-    }
-  }
-  return blocked;
+  Tensor causal = m.causal ? causal_block_mask(tq, tk) : Tensor();
+  Tensor pad = m.key_padding.defined() ? m.key_padding.reshape({m.key_padding.size(0), 1, 1, tk}) : Tensor();
+  return blocked_by_either(causal, pad);
+}
+
+double attention_scale(const nlohmann::json& cfg, const AttentionContext& ctx) {
+  return cfg.value("scale", 1.0 / std::sqrt(double(std::max<int64_t>(ctx.head_dim, 1))));
 }
 
 }  // namespace attnlab

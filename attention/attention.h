@@ -45,6 +45,11 @@ std::vector<std::string> attention_types();
 // Shared pieces: the checks every method runs, and masks as b8 tensors (true = blocked).
 void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask);
 Tensor causal_block_mask(int64_t tq, int64_t tk);                 // [tq, tk]
-Tensor blocked_positions(const AttentionMask& m, int64_t tq, int64_t tk);  // broadcastable to [B,H,tq,tk], or undefined
+// The causal and padding masks together, broadcastable to [B, H, tq, tk], or undefined if neither.
+Tensor blocked_positions(const AttentionMask& m, int64_t tq, int64_t tk);
+// Positions blocked by either b8 mask (broadcast together); an undefined mask blocks nothing.
+Tensor blocked_by_either(const Tensor& a, const Tensor& b);
+// cfg["scale"], or 1/sqrt(head_dim) by default.
+double attention_scale(const nlohmann::json& cfg, const AttentionContext& ctx);
 
 }  // namespace attnlab

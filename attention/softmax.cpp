@@ -32,26 +32,34 @@ AttentionImpl parse_attention_impl(const char* method, const nlohmann::json& cfg
   fail<ValueError>(method, "impl must be \"fused\" or \"composite\", got ", j.dump());
 }
 
-Tensor SoftmaxAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
-  if (impl_ == AttentionImpl::composite) {
+Tensor run_attention_impl(AttentionImpl impl, AttentionMethod& method, const Tensor& q, const Tensor& k,
+                          const Tensor& v, const FusedAttention& fused, const CompositeAttention& composite) {
+  if (impl == AttentionImpl::composite) {
     Tensor w;
-    Tensor out = softmax_attention_composite(q, k, v, mask, scale_, record_internals ? &w : nullptr);
-    if (record_internals) internals["attn"] = w.detach();
+    Tensor out = composite(q, k, v, method.record_internals ? &w : nullptr);
+    if (method.record_internals) method.internals["attn"] = w.detach();
     return out;
   }
-  Tensor out = flash_attention(q, k, v, mask, scale_);
-  if (record_internals) {  // the fused kernels never form the weights: compute them for the tools
+  Tensor out = fused();
+  if (method.record_internals) {
     NoGradGuard ng;
     Tensor w;
-    softmax_attention_composite(q.detach(), k.detach(), v.detach(), mask, scale_, &w);
-    internals["attn"] = w;
+    composite(q.detach(), k.detach(), v.detach(), &w);
+    method.internals["attn"] = w;
   }
   return out;
 }
 
+Tensor SoftmaxAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
+  return run_attention_impl(
+      impl_, *this, q, k, v, [&] { return flash_attention(q, k, v, mask, scale_); },
+      [&](const Tensor& cq, const Tensor& ck, const Tensor& cv, Tensor* w) {
+        return softmax_attention_composite(cq, ck, cv, mask, scale_, w);
+      });
+}
+
 std::shared_ptr<AttentionMethod> make_softmax_attention(const nlohmann::json& cfg, const AttentionContext& ctx) {
-  double scale = cfg.value("scale", 1.0 / std::sqrt(double(std::max<int64_t>(ctx.head_dim, 1))));
-  return std::make_shared<SoftmaxAttention>(scale, parse_attention_impl("softmax attention", cfg));
+  return std::make_shared<SoftmaxAttention>(attention_scale(cfg, ctx), parse_attention_impl("softmax attention", cfg));
 }
 
 }  // namespace attnlab

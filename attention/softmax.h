@@ -18,6 +18,14 @@ Tensor masked_softmax_attention_composite(const Tensor& q, const Tensor& k, cons
 enum class AttentionImpl { fused, composite };
 AttentionImpl parse_attention_impl(const char* method, const nlohmann::json& cfg);  // cfg["impl"], default fused
 
+// Runs the chosen impl for a method that has both. When the method records internals, "attn" gets
+// the attention weights: the composite's own, or (fused: the kernels never form them) a composite
+// rerun without grad.
+using FusedAttention = std::function<Tensor()>;
+using CompositeAttention = std::function<Tensor(const Tensor& q, const Tensor& k, const Tensor& v, Tensor* weights)>;
+Tensor run_attention_impl(AttentionImpl impl, AttentionMethod& method, const Tensor& q, const Tensor& k,
+                          const Tensor& v, const FusedAttention& fused, const CompositeAttention& composite);
+
 class SoftmaxAttention : public AttentionMethod {
  public:
   explicit SoftmaxAttention(double scale, AttentionImpl impl = AttentionImpl::fused) : scale_(scale), impl_(impl) {}

@@ -51,9 +51,9 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   const std::string type = c.attention.is_string() ? c.attention.get<std::string>() : c.attention.value("type", "softmax");
   const auto types = attention_types();
   if (std::find(types.begin(), types.end(), type) == types.end()) {
-    std::string known;
-    for (const auto& t : types) known += (known.empty() ? "" : ", ") + t;
-    fail<ValueError>("model config", "unknown attention type '", type, "' (known: ", known, ")");
+    std::string listed;
+    for (const auto& t : types) listed += (listed.empty() ? "" : ", ") + t;
+    fail<ValueError>("model config", "unknown attention type '", type, "' (known: ", listed, ")");
   }
   return c;
 }
