@@ -26,16 +26,8 @@ Tensor matmul_raw(const Tensor& a, const Tensor& b) {
   Shape ea = batch, eb = batch;
   ea.insert(ea.end(), {m, k});
   eb.insert(eb.end(), {k, n});
-  Tensor av = a.expand(ea), bv = b.expand(eb);
   cpu::MatrixArg A, B;
-  if (!cpu::blas_layout(m, k, av.stride(-2), av.stride(-1), A)) {
-    av = av.contiguous();
-    cpu::blas_layout(m, k, av.stride(-2), av.stride(-1), A);
-  }
-  if (!cpu::blas_layout(k, n, bv.stride(-2), bv.stride(-1), B)) {
-    bv = bv.contiguous();
-    cpu::blas_layout(k, n, bv.stride(-2), bv.stride(-1), B);
-  }
+  Tensor av = cpu::blas_matrix(a.expand(ea), A), bv = cpu::blas_matrix(b.expand(eb), B);
   const int64_t nb = shape_numel(batch);
   dispatch_floating(a.dtype(), "matmul", [&]<class T>() {
     const T* pa = av.data<T>();

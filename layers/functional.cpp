@@ -18,18 +18,6 @@ using namespace cases;
 
 // ---- linear ------------------------------------------------------------------------------------
 
-namespace {
-
-// A 2-D view of t that BLAS can read as is (a copy only when its strides cannot be expressed).
-Tensor blas_ready(const Tensor& t, cpu::MatrixArg& arg) {
-  if (cpu::blas_layout(t.size(0), t.size(1), t.stride(0), t.stride(1), arg)) return t;
-  Tensor c = t.contiguous();
-  cpu::blas_layout(c.size(0), c.size(1), c.stride(0), c.stride(1), arg);
-  return c;
-}
-
-}  // namespace
-
 static const OpDef kLinear(
     "linear", "y = x Wᵀ + b: dx = g W; dW = gᵀ x; db = Σ_rows g",
     {{"[3,5] x W[4,5] + b[4]", [](Generator& g) { return Inputs{rn(g, {3, 5}), rn(g, {4, 5}), rn(g, {4})}; },
@@ -59,7 +47,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Tensor y = empty({rows, out}, x.dtype());
   if (rows > 0) {
     cpu::MatrixArg A, B;
-    Tensor xa = blas_ready(x2, A), wt = blas_ready(weight.t(), B);
+    Tensor xa = cpu::blas_matrix(x2, A), wt = cpu::blas_matrix(weight.t(), B);
     dispatch_floating(x.dtype(), "linear", [&]<class T>() {
       T* py = y.data<T>();
       if (bias.defined()) {
@@ -81,7 +69,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
            [sx = SavedTensor(x2, "linear"), sw = SavedTensor(weight, "linear"), x_shape = x.shape(), rows, in,
             out](const Tensor& g, const std::vector<bool>& need) {
              cpu::MatrixArg G, X, W;
-             Tensor g2 = blas_ready(g.reshape({rows, out}), G);
+             Tensor g2 = cpu::blas_matrix(g.reshape({rows, out}), G);
              std::vector<Tensor> grads(need.size());  // [dx, dW] or [dx, dW, db]
              if (rows == 0 || in == 0 || out == 0) {
                if (need[0]) grads[0] = zeros(x_shape, g.dtype());
@@ -91,13 +79,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
              }
              dispatch_floating(g.dtype(), "linear backward", [&]<class T>() {
                if (need[0]) {  // dx = g W
-                 Tensor w = blas_ready(sw.get(), W);
+                 Tensor w = cpu::blas_matrix(sw.get(), W);
                  Tensor dx = empty({rows, in}, g.dtype());
                  cpu::gemm(rows, in, out, T(1), g2.data<T>(), G, w.data<T>(), W, T(0), dx.data<T>(), in);
                  grads[0] = dx.reshape(x_shape);
                }
                if (need[1]) {  // dW = gᵀ x
-                 Tensor xs = blas_ready(sx.get(), X);
+                 Tensor xs = cpu::blas_matrix(sx.get(), X);
                  cpu::MatrixArg Gt{!G.trans, G.ld};
                  Tensor dw = empty({out, in}, g.dtype());
                  cpu::gemm(out, in, rows, T(1), g2.data<T>(), Gt, xs.data<T>(), X, T(0), dw.data<T>(), in);

@@ -20,6 +20,13 @@ bool blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, MatrixArg& 
   return false;
 }
 
+Tensor blas_matrix(const Tensor& m, MatrixArg& arg) {
+  if (blas_layout(m.size(-2), m.size(-1), m.stride(-2), m.stride(-1), arg)) return m;
+  Tensor c = m.contiguous();
+  blas_layout(c.size(-2), c.size(-1), c.stride(-2), c.stride(-1), arg);
+  return c;
+}
+
 namespace {
 CBLAS_TRANSPOSE flag(const MatrixArg& m) { return m.trans ? CblasTrans : CblasNoTrans; }
 }  // namespace
