@@ -72,8 +72,8 @@ Tensor unary_op(const OpDef& def, const Tensor& x, F f, DF df) {
       const Tensor& xv = sx.get();
       const Tensor& yv = sy.get();
       // One pass: dx = g * df(x, y), without materialising df.
-      Tensor dx = empty(broadcast_shapes("backward", g.shape(), xv.shape()), xv.dtype());
       check_same_dtype("backward", g, xv);
+      Tensor dx = empty(xv.shape(), xv.dtype());  // g has y's shape, which is x's
       dispatch_floating(xv.dtype(), "backward", [&]<class T>() {
         cpu::map3<T, T, T, T>(g, xv, yv, dx, [&](T gv, T xe, T ye) { return T(gv * df(xe, ye)); });
       });
