@@ -1,6 +1,7 @@
 #include "autograd/audit.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include "autograd/engine.h"
 #include "autograd/grad_mode.h"
 #include "autograd/node.h"
+#include "core/rng.h"
 
 namespace attnlab {
 
@@ -193,16 +195,9 @@ double scalar_loss(const Tensor& loss) {
 
 // ---- entry selection ---------------------------------------------------------------------------
 
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 // Up to k entries (all when k <= 0 or the tensor is small): the ceil(k/2) largest |analytic|, then
 // seeded-random others. Ascending.
-std::vector<int64_t> pick_entries(const std::vector<double>& analytic, int64_t k, uint64_t seed) {
+std::vector<int64_t> pick_entries(const std::vector<double>& analytic, int64_t k, Generator gen) {
   const int64_t n = int64_t(analytic.size());
   std::vector<int64_t> all(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) all[size_t(i)] = i;
@@ -215,9 +210,9 @@ std::vector<int64_t> pick_entries(const std::vector<double>& analytic, int64_t k
   std::vector<int64_t> chosen(all.begin(), all.begin() + (k + 1) / 2);
   std::vector<char> taken(static_cast<size_t>(n), 0);
   for (int64_t i : chosen) taken[size_t(i)] = 1;
-  uint64_t state = seed;
   while (int64_t(chosen.size()) < k) {
-    int64_t i = int64_t(splitmix64(state) % uint64_t(n));
+    const std::array<uint32_t, 4> b = gen.bits(gen.advance(1));
+    int64_t i = int64_t(((uint64_t(b[0]) << 32) | b[1]) % uint64_t(n));
     if (taken[size_t(i)]) continue;
     taken[size_t(i)] = 1;
     chosen.push_back(i);
@@ -455,10 +450,11 @@ AuditReport audit_gradients(const std::function<Tensor()>& loss_fn, const AuditO
         const void* key = e.node ? static_cast<const void*>(e.node.get()) : e.leaf.get();
         for (int64_t c : consumers[key])
           if (c < an.index) start = std::max(start, c);
-        const uint64_t seed = opts.seed * 0x9E3779B97F4A7C15ull ^ (uint64_t(an.index) << 8) ^ uint64_t(i);
         in.checked = true;
         double worst_excess = -INFINITY;
-        for (int64_t flat : pick_entries(analytic, opts.entries, seed)) {
+        // One random stream per (node, input), so the entries do not depend on what else is audited.
+        const Generator entry_gen(opts.seed, uint64_t(an.index) * 256 + i);
+        for (int64_t flat : pick_entries(analytic, opts.entries, entry_gen)) {
           const double plus = run(producer, e.leaf, start, an.index, flat, opts.eps);
           const double minus = run(producer, e.leaf, start, an.index, flat, -opts.eps);
           AuditEntry en;
