@@ -40,6 +40,7 @@
 #include "autograd/cases.h"
 #include "autograd/node.h"
 #include "core/cpu/blas.h"
+#include "core/cpu/loops.h"
 #include "core/cpu/vmath.h"
 
 namespace attnlab {
@@ -64,12 +65,15 @@ flash::Tiles effective_tiles() {
 namespace flash {
 void set_tiles(const Tiles& t) { g_tiles = t; }
 Tiles tiles() { return effective_tiles(); }
+thread_local Tiles g_last_backward_tiles{};
+Tiles last_backward_tiles() { return g_last_backward_tiles; }
 }  // namespace flash
 
 namespace {
 
-// Below this many flops (summed over all tile products) a call runs on one thread.
-constexpr double kParallelWork = 1 << 20;
+// Below this many flops (summed over all tile products) a call runs on one thread: 32 flops per
+// element of the elementwise grain (1 << 20 by default; tests lower the grain to force parallel runs).
+double parallel_work() { return 32.0 * double(cpu::parallel_grain()); }
 
 // Small tiles for the gradcheck cases, so that a few positions span several tiles of uneven size.
 struct ScopedTiles {
@@ -103,6 +107,9 @@ struct Plan {
   int64_t shift = 0;  // Tk - Tq: query i sits at key position i + shift
   bool causal = false;
   double scale = 1;
+  // The tile sizes in force when the op ran: the backward uses the same plan, whenever it runs
+  // (a ScopedTiles around the forward alone must still give a many-tile backward).
+  flash::Tiles tiles = effective_tiles();
   std::vector<Segment> segs;
   Tensor pad;                      // b8 [B, Tk], contiguous; undefined without key padding
   std::vector<int64_t> pad_count;  // [B, Tk + 1]: padded keys before each position
@@ -436,7 +443,7 @@ void scale_row(T* x, int64_t n, T a) {
   for (int64_t i = 0; i < n; ++i) x[i] *= a;
 }
 
-bool run_parallel(double work) { return work >= kParallelWork && omp_get_max_threads() > 1 && !omp_in_parallel(); }
+bool run_parallel(double work) { return work >= parallel_work() && omp_get_max_threads() > 1 && !omp_in_parallel(); }
 
 // ---- forward -----------------------------------------------------------------------------------
 
@@ -446,7 +453,7 @@ struct QTile {
 
 template <class T>
 void forward_kernel(const Plan& p, const Operand& q, const Operand& k, const Operand& v, T* out, T* lse) {
-  const flash::Tiles tl = effective_tiles();
+  const flash::Tiles tl = p.tiles;
   const int64_t bq = tl.fwd_q, bk = tl.fwd_k, dh = p.dh, BH = p.B * p.H;
   std::vector<QTile> tiles;
   double work = 0;
@@ -510,7 +517,9 @@ void forward_kernel(const Plan& p, const Operand& q, const Operand& k, const Ope
       for (int64_t r = 0; r < mi; ++r) {
         T* srow = S + r * bk;
         const T mnew = std::max(m[r], row_max(srow, nj));
-        const T mu = std::isfinite(mnew) ? mnew : T(0);  // nothing visible yet: exp(-inf - 0) = 0, not NaN
+        // Nothing visible yet (mnew = -inf): subtract 0, so exp(-inf) = 0, not NaN. A +inf or NaN score
+        // is kept: exp(inf - inf) and exp(NaN) make l NaN, and NaN reaches the output.
+        const T mu = mnew == ninf ? T(0) : mnew;
         const T alpha = cpu::exp_fast(T(m[r] - mu));
         l[r] = l[r] * alpha + exp_row(srow, nj, mu);
         m[r] = mnew;
@@ -522,7 +531,10 @@ void forward_kernel(const Plan& p, const Operand& q, const Operand& k, const Ope
     if (first) std::fill(o, o + mi * dh, T(0));  // no visible key at all
     T* lrow = lse + bh * p.Tq + t.i0;
     for (int64_t r = 0; r < mi; ++r) {
-      if (l[r] > 0) {
+      // Only a row with no visible score (m = -inf and l = 0) is fully masked. A NaN score is skipped
+      // by the max but not by l (exp(NaN) = NaN), so l = NaN divides the row: NaN in gives NaN out,
+      // as on the composite path, even when every score of the row is NaN.
+      if (m[r] != ninf || l[r] != T(0)) {
         scale_row(o + r * dh, dh, T(1) / l[r]);
         lrow[r] = m[r] + std::log(l[r]);
       } else {  // a fully masked row: zero output, LSE of nothing
@@ -546,7 +558,8 @@ struct Grads {
 template <class T>
 Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const Operand& v, const Tensor& out,
                       const Tensor& lse_t, const Tensor& g, const std::vector<bool>& need) {
-  const flash::Tiles tl = effective_tiles();
+  const flash::Tiles tl = p.tiles;
+  flash::g_last_backward_tiles = tl;
   const int64_t bq = tl.bwd_q, bk = tl.bwd_k, dh = p.dh, nseg = int64_t(p.segs.size()), BH = p.B * p.H;
   const int64_t G = BH * nseg;  // groups (bh, segment): the items that add into the same dQ rows
   const DType dt = dtype_of<T>();
@@ -755,12 +768,10 @@ Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const O
   Tensor partial_buf = empty({std::max<int64_t>(partial_elems, 1)}, dt);
   T* pbuf = partial_buf.data<T>();
 
-#pragma omp parallel if (par) num_threads(nt)
-  {
-    const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-    T* P = scratch0 + int64_t(tid) * per_thread;
+  cpu::parallel_parts(nt, [&](int t) {
+    T* P = scratch0 + int64_t(omp_get_thread_num()) * per_thread;
     std::vector<char> q_written(static_cast<size_t>(max_qtiles));
-    for (int t = tid; t < nt; t += team) {  // a smaller team than asked for still covers every range
+    {
       T* dq_rows = nullptr;
       const int64_t a = start[size_t(t)], e = start[size_t(t) + 1];
       for (int64_t i = a; i < e; ++i) {
@@ -775,7 +786,7 @@ Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const O
         if (need[0] && (i + 1 == e || group_of[size_t(i + 1)] != gi)) finish_group(gi, dq_rows, q_written.data());
       }
     }
-  }
+  });
   std::stable_sort(partials.begin(), partials.end(),
                    [](const Partial& a, const Partial& b) { return a.group < b.group; });
   for (size_t i = 0; i < partials.size(); ++i) {
@@ -865,6 +876,12 @@ static const OpDef kFlashAttention(
       [](const Inputs& in) {
         ScopedTiles st({3, 2, 3, 2});
         return flash_attention(in[0], in[1], in[2], {true, in[3]}, 0.5);
+      }},
+     {"[2,4,5,3] (8 head groups: each runs whole on a thread), tiles 2x2",
+      [](Generator& g) { return Inputs{rn(g, {2, 4, 5, 3}), rn(g, {2, 4, 5, 3}), rn(g, {2, 4, 5, 3})}; },
+      [](const Inputs& in) {
+        ScopedTiles st({2, 2, 2, 2});
+        return flash_attention(in[0], in[1], in[2], {true, {}}, 0.6);
       }},
      {"non-contiguous q, k, v (transposed and strided views)",
       [](Generator& g) {

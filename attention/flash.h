@@ -32,6 +32,9 @@ struct Tiles {
 };
 void set_tiles(const Tiles& t);
 Tiles tiles();
+// The tiles the last flash/local backward on this thread ran with: a call keeps the tiles in force
+// at its forward, so a backward that runs later (with other settings) still uses them.
+Tiles last_backward_tiles();
 }  // namespace flash
 
 }  // namespace attnlab

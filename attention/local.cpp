@@ -34,6 +34,7 @@ LocalAttention::LocalAttention(int64_t block, double scale, AttentionImpl impl)
 }
 
 Tensor LocalAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
+  ModuleScope scope(path());
   return run_attention_impl(
       impl_, *this, q, k, v, [&] { return local_attention(q, k, v, mask, block_, scale_); },
       [&](const Tensor& cq, const Tensor& ck, const Tensor& cv, Tensor* w) {

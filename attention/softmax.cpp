@@ -51,6 +51,7 @@ Tensor run_attention_impl(AttentionImpl impl, AttentionMethod& method, const Ten
 }
 
 Tensor SoftmaxAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
+  ModuleScope scope(path());
   return run_attention_impl(
       impl_, *this, q, k, v, [&] { return flash_attention(q, k, v, mask, scale_); },
       [&](const Tensor& cq, const Tensor& ck, const Tensor& cv, Tensor* w) {

@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "autograd/anomaly.h"
 #include "autograd/grad_mode.h"
 
 namespace attnlab {
@@ -86,6 +87,7 @@ void run_backward(const Tensor& root, const Tensor& grad, bool retain_graph, con
     if (g_in.size() != node->next().size())
       fail<AutogradError>(node->name().c_str(), "backward returned ", g_in.size(), " gradients for ",
                           node->next().size(), " inputs");
+    if (anomaly_mode()) check_backward_anomaly(*node, g_out, g_in);
     if (observer) observer(*node, g_out, g_in);
     for (size_t i = 0; i < g_in.size(); ++i) {
       const Edge& e = node->next()[i];

@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "autograd/anomaly.h"
 #include "autograd/grad_mode.h"
 
 namespace attnlab {
@@ -101,6 +102,10 @@ void record(Tensor& out, const OpDef& op, const std::vector<Tensor>& inputs, Bac
   out.impl().grad_fn = std::make_shared<Node>(op, std::move(next), std::move(shapes), std::move(dtypes), out.shape(),
                                               out.dtype(), std::move(fn));
   out.impl().requires_grad = true;
+  if (anomaly_mode()) {
+    out.impl().grad_fn->set_recorded_in(current_module_path());
+    check_forward_anomaly(*out.impl().grad_fn, out, inputs);
+  }
   if (g_record_hook) g_record_hook->on_record(out);
 }
 

@@ -4,6 +4,7 @@
 #include <functional>
 #include <initializer_list>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "autograd/registry.h"
@@ -35,6 +36,9 @@ class Node {
   DType out_dtype() const { return out_dtype_; }
   uint64_t sequence() const { return sequence_; }  // creation order, for stable traversals
   bool released() const { return !fn_; }
+  // The module path the op ran in (recorded in anomaly mode only; "" otherwise).
+  const std::string& recorded_in() const { return recorded_in_; }
+  void set_recorded_in(std::string path) { recorded_in_ = std::move(path); }
   // Runs the backward; throws AutogradError if the saved state was already released.
   std::vector<Tensor> apply(const Tensor& grad_out) const;
   void release() { fn_ = nullptr; }  // drops saved tensors
@@ -48,6 +52,7 @@ class Node {
   DType out_dtype_;
   BackwardFn fn_;
   uint64_t sequence_;
+  std::string recorded_in_;
 };
 
 // A tensor saved for backward, with the storage version it had; get() refuses if it changed.

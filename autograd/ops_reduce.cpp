@@ -41,7 +41,7 @@ void check_float(const char* op, const Tensor& x) {
 template <class Body>
 void for_each_lane(const Layout& l, Body body) {
   const int64_t lanes = l.outer * l.inner;
-  const bool par = lanes > 1 && lanes * l.R >= cpu::kParallelGrain && !omp_in_parallel();
+  const bool par = lanes > 1 && lanes * l.R >= cpu::parallel_grain() && !omp_in_parallel();
 #pragma omp parallel for if (par) schedule(static)
   for (int64_t lane = 0; lane < lanes; ++lane) body(lane / l.inner, lane % l.inner);
 }
@@ -50,7 +50,7 @@ void for_each_lane(const Layout& l, Body body) {
 template <class T>
 void sum_kernel(const T* x, T* out, const Layout& l) {
   if (l.inner == 1) {
-    const bool par = l.outer > 1 && l.outer * l.R >= cpu::kParallelGrain && !omp_in_parallel();
+    const bool par = l.outer > 1 && l.outer * l.R >= cpu::parallel_grain() && !omp_in_parallel();
 #pragma omp parallel for if (par) schedule(static)
     for (int64_t o = 0; o < l.outer; ++o) {
       const T* row = x + o * l.R;
@@ -65,7 +65,7 @@ void sum_kernel(const T* x, T* out, const Layout& l) {
   // over (outer, lane chunk) pairs so a reduction over dim 0 (outer = 1) still uses every thread.
   constexpr int64_t kChunk = 1024;
   const int64_t chunks = (l.inner + kChunk - 1) / kChunk;
-  const bool par = l.outer * l.R * l.inner >= cpu::kParallelGrain && !omp_in_parallel();
+  const bool par = l.outer * l.R * l.inner >= cpu::parallel_grain() && !omp_in_parallel();
 #pragma omp parallel for if (par) schedule(static)
   for (int64_t job = 0; job < l.outer * chunks; ++job) {
     const int64_t o = job / chunks, i0 = (job % chunks) * kChunk, n = std::min(kChunk, l.inner - i0);

@@ -8,6 +8,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/error.h"
+
 namespace attnlab::cpu_allocator {
 namespace {
 
@@ -38,6 +40,8 @@ void* system_allocate(size_t bytes) {
 }  // namespace
 
 size_t size_class(size_t n) {
+  // Above 2^62 the power-of-two search below would wrap to 0 and spin forever.
+  if (n > (size_t(1) << 62)) fail<MemoryError>("allocate", n, " bytes requested: beyond any machine's memory");
   if (n == 0) n = 1;
   if (n <= 4096) return (n + kAlign - 1) / kAlign * kAlign;
   size_t p = 1;

@@ -82,9 +82,17 @@ inline std::string shape_str(const Shape& s) {
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
   return r + "]";
 }
+// Elements of a shape; a product beyond int64 (a shape no machine can hold) throws ShapeError
+// instead of wrapping to a small number that a later allocation would trust.
 inline int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  bool overflow = false;
+  for (int64_t d : s) overflow |= __builtin_mul_overflow(n, d, &n);
+  if (overflow) {
+    for (int64_t d : s)
+      if (d == 0) return 0;
+    fail<ShapeError>("shape", "the number of elements of ", shape_str(s), " overflows 64 bits");
+  }
   return n;
 }
 inline Shape contiguous_strides(const Shape& s) {

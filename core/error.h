@@ -17,6 +17,8 @@ class IndexError : public Error { public: using Error::Error; };
 class ValueError : public Error { public: using Error::Error; };
 class AutogradError : public Error { public: using Error::Error; };
 class IOError : public Error { public: using Error::Error; };
+// A tensor larger than the machine's memory (or than 64-bit sizes), refused before any allocation.
+class MemoryError : public Error { public: using Error::Error; };
 
 // Concatenates anything streamable into one message.
 template <class... Args>

@@ -1,7 +1,10 @@
 #include "core/tensor.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
+#include <sstream>
 
 #include "autograd/engine.h"
 #include "autograd/grad_mode.h"
@@ -215,27 +218,71 @@ std::ostream& operator<<(std::ostream& os, const Tensor& t) {
 
 // ---- creation --------------------------------------------------------------------------------
 
-Tensor empty(const Shape& s, DType t, Device d) {
+namespace {
+// "linear (functional.cpp:47)": the function that asked for a tensor, for size errors.
+std::string requester(const SourceLocation& loc) {
+  std::string f = loc.function_name();
+  f = f.substr(0, f.find('('));  // "attnlab::Tensor attnlab::linear" (lambdas: their enclosing function)
+  if (auto sp = f.rfind(' '); sp != std::string::npos) f = f.substr(sp + 1);
+  if (auto ns = f.rfind("::"); ns != std::string::npos) f = f.substr(ns + 2);
+  std::string file = loc.file_name();
+  if (auto sl = file.rfind('/'); sl != std::string::npos) file = file.substr(sl + 1);
+  return cat(f, " (", file, ":", loc.line(), ")");
+}
+
+std::string bytes_str(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int u = 0;
+  while (b >= 1024 && u < 6) b /= 1024, ++u;
+  std::ostringstream os;
+  os.precision(b < 10 ? 2 : 3);
+  os << b << " " << units[u];
+  return os.str();
+}
+
+// The bytes a fresh contiguous tensor of this shape needs, checked against 64-bit sizes and against
+// the machine's memory before anything is allocated.
+size_t checked_bytes(const Shape& s, DType t, const SourceLocation& loc) {
+  int64_t n = 1;
+  bool overflow = false;
+  for (int64_t x : s) {
+    if (x < 0) fail<ShapeError>("empty", "negative size in shape ", shape_str(s), ", asked for by ", requester(loc));
+    overflow |= __builtin_mul_overflow(n, x, &n);
+  }
+  size_t bytes = 0;
   for (int64_t x : s)
-    if (x < 0) fail<ShapeError>("empty", "negative size in shape ", shape_str(s));
+    if (x == 0) return 0;  // zero elements, whatever the other dims (their product may have wrapped to 0 too)
+  if (overflow || __builtin_mul_overflow(size_t(n), dtype_size(t), &bytes))
+    fail<MemoryError>(requester(loc).c_str(), "a ", dtype_name(t), shape_str(s),
+                      " tensor: its size in bytes overflows 64 bits");
+  static const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  if (memory > 0 && double(bytes) > memory)
+    fail<MemoryError>(requester(loc).c_str(), "a ", dtype_name(t), shape_str(s), " tensor needs ",
+                      bytes_str(double(bytes)), ", more than this machine's memory (", bytes_str(memory), ")");
+  return bytes;
+}
+}  // namespace
+
+Tensor empty(const Shape& s, DType t, Device d, SourceLocation loc) {
+  const size_t bytes = checked_bytes(s, t, loc);
   auto p = std::make_shared<TensorImpl>();
-  p->storage = std::make_shared<Storage>(size_t(shape_numel(s)) * dtype_size(t), d);
+  p->storage = std::make_shared<Storage>(bytes, d);
   p->shape = s;
   p->strides = contiguous_strides(s);
   p->dtype = t;
   return Tensor(p);
 }
 
-Tensor full(const Shape& s, double value, DType t) {
-  Tensor out = empty(s, t);
+Tensor full(const Shape& s, double value, DType t, SourceLocation loc) {
+  Tensor out = empty(s, t, Device::cpu, loc);
   cpu::fill(out, value);
   return out;
 }
-Tensor zeros(const Shape& s, DType t) { return full(s, 0.0, t); }
-Tensor ones(const Shape& s, DType t) { return full(s, 1.0, t); }
-Tensor zeros_like(const Tensor& x) { return zeros(x.shape(), x.dtype()); }
-Tensor ones_like(const Tensor& x) { return ones(x.shape(), x.dtype()); }
-Tensor full_like(const Tensor& x, double value) { return full(x.shape(), value, x.dtype()); }
+Tensor zeros(const Shape& s, DType t, SourceLocation loc) { return full(s, 0.0, t, loc); }
+Tensor ones(const Shape& s, DType t, SourceLocation loc) { return full(s, 1.0, t, loc); }
+Tensor zeros_like(const Tensor& x, SourceLocation loc) { return zeros(x.shape(), x.dtype(), loc); }
+Tensor ones_like(const Tensor& x, SourceLocation loc) { return ones(x.shape(), x.dtype(), loc); }
+Tensor full_like(const Tensor& x, double value, SourceLocation loc) { return full(x.shape(), value, x.dtype(), loc); }
 Tensor scalar_tensor(double value, DType t) { return full({}, value, t); }
 
 Tensor arange(double start, double end, double step, DType t) {
@@ -287,14 +334,14 @@ void manual_seed(uint64_t seed) { default_generator().manual_seed(seed); }
 namespace {
 // out[i] = draw(bits(first + i)) for every element, in parallel; bit-identical for any thread count.
 template <class T, class Draw>
-Tensor random_tensor(const Shape& s, DType t, Generator* g, const char* op, Draw draw) {
+Tensor random_tensor(const Shape& s, DType t, Generator* g, const char* op, const SourceLocation& loc, Draw draw) {
   if (dtype_of<T>() != t) fail<DTypeError>(op, "unsupported dtype ", dtype_name(t));
   Generator& gen = g ? *g : default_generator();
-  Tensor out = empty(s, t);
+  Tensor out = empty(s, t, Device::cpu, loc);
   const int64_t n = out.numel();
   const uint64_t first = gen.advance(uint64_t(n));
   T* p = out.data<T>();
-#pragma omp parallel for if (n > cpu::kParallelGrain) schedule(static)
+#pragma omp parallel for if (n > cpu::parallel_grain()) schedule(static)
   for (int64_t i = 0; i < n; ++i) p[i] = draw(gen.bits(first + uint64_t(i)));
   return out;
 }
@@ -306,18 +353,18 @@ T uniform_open(const std::array<uint32_t, 4>& b, int pair) {
 }
 }  // namespace
 
-Tensor rand(const Shape& s, DType t, Generator* g) {
+Tensor rand(const Shape& s, DType t, Generator* g, SourceLocation loc) {
   return dispatch_floating(t, "rand", [&]<class T>() {
-    return random_tensor<T>(s, t, g, "rand", [](const std::array<uint32_t, 4>& b) {
+    return random_tensor<T>(s, t, g, "rand", loc, [](const std::array<uint32_t, 4>& b) {
       T u = uniform_open<T>(b, 0);
       return u >= T(1) ? T(0) : u;  // [0, 1): the open-interval value never reaches 1 except by rounding
     });
   });
 }
 
-Tensor randn(const Shape& s, DType t, Generator* g) {
+Tensor randn(const Shape& s, DType t, Generator* g, SourceLocation loc) {
   return dispatch_floating(t, "randn", [&]<class T>() {
-    return random_tensor<T>(s, t, g, "randn", [](const std::array<uint32_t, 4>& b) {
+    return random_tensor<T>(s, t, g, "randn", loc, [](const std::array<uint32_t, 4>& b) {
       // Box–Muller on the element's own pair of uniforms.
       double u1 = std::is_same_v<T, float> ? double(u32_to_open_float(b[0])) : u64_to_open_double(b[0], b[1]);
       double u2 = std::is_same_v<T, float> ? double(u32_to_open_float(b[1])) : u64_to_open_double(b[2], b[3]);
@@ -326,19 +373,19 @@ Tensor randn(const Shape& s, DType t, Generator* g) {
   });
 }
 
-Tensor gumbel(const Shape& s, DType t, Generator* g) {
+Tensor gumbel(const Shape& s, DType t, Generator* g, SourceLocation loc) {
   return dispatch_floating(t, "gumbel", [&]<class T>() {
-    return random_tensor<T>(s, t, g, "gumbel", [](const std::array<uint32_t, 4>& b) {
+    return random_tensor<T>(s, t, g, "gumbel", loc, [](const std::array<uint32_t, 4>& b) {
       T u = uniform_open<T>(b, 0);
       return T(-std::log(-std::log(u)));
     });
   });
 }
 
-Tensor randint(int64_t low, int64_t high, const Shape& s, Generator* g) {
+Tensor randint(int64_t low, int64_t high, const Shape& s, Generator* g, SourceLocation loc) {
   if (high <= low) fail<ValueError>("randint", "empty range [", low, ", ", high, ")");
   const uint64_t range = uint64_t(high - low);
-  return random_tensor<int64_t>(s, DType::i64, g, "randint", [=](const std::array<uint32_t, 4>& b) {
+  return random_tensor<int64_t>(s, DType::i64, g, "randint", loc, [=](const std::array<uint32_t, 4>& b) {
     uint64_t v = (uint64_t(b[0]) << 32) | b[1];
     return low + int64_t(v % range);  // bias ≤ range / 2^64: negligible
   });

@@ -5,6 +5,7 @@
 #include <initializer_list>
 #include <memory>
 #include <ostream>
+#include <source_location>
 #include <string>
 #include <vector>
 
@@ -128,13 +129,17 @@ std::ostream& operator<<(std::ostream& os, const Tensor& t);
 std::string describe(const Tensor& t);  // "f32[2, 3]" for messages
 
 // ---- creation ------------------------------------------------------------------------------
-Tensor empty(const Shape& s, DType t = DType::f32, Device d = Device::cpu);
-Tensor zeros(const Shape& s, DType t = DType::f32);
-Tensor ones(const Shape& s, DType t = DType::f32);
-Tensor full(const Shape& s, double value, DType t = DType::f32);
-Tensor zeros_like(const Tensor& x);
-Tensor ones_like(const Tensor& x);
-Tensor full_like(const Tensor& x, double value);
+// Creation functions take the caller's source location: a tensor too large for the machine (or for
+// 64-bit sizes) is refused before any memory is touched, with a MemoryError naming the function that
+// asked for it and how much.
+using SourceLocation = std::source_location;
+Tensor empty(const Shape& s, DType t = DType::f32, Device d = Device::cpu, SourceLocation loc = SourceLocation::current());
+Tensor zeros(const Shape& s, DType t = DType::f32, SourceLocation loc = SourceLocation::current());
+Tensor ones(const Shape& s, DType t = DType::f32, SourceLocation loc = SourceLocation::current());
+Tensor full(const Shape& s, double value, DType t = DType::f32, SourceLocation loc = SourceLocation::current());
+Tensor zeros_like(const Tensor& x, SourceLocation loc = SourceLocation::current());
+Tensor ones_like(const Tensor& x, SourceLocation loc = SourceLocation::current());
+Tensor full_like(const Tensor& x, double value, SourceLocation loc = SourceLocation::current());
 Tensor scalar_tensor(double value, DType t = DType::f32);
 Tensor arange(double start, double end, double step = 1.0, DType t = DType::f32);
 Tensor arange(int64_t n, DType t = DType::i64);
@@ -145,10 +150,10 @@ Tensor from_vector(const std::vector<double>& v, const Shape& s, DType t);
 Tensor eye(int64_t n, DType t = DType::f32);
 
 // Random tensors from a counter-based generator (core/rng.h); nullptr uses the global generator.
-Tensor rand(const Shape& s, DType t = DType::f32, Generator* g = nullptr);   // U[0, 1)
-Tensor randn(const Shape& s, DType t = DType::f32, Generator* g = nullptr);  // N(0, 1)
-Tensor gumbel(const Shape& s, DType t = DType::f32, Generator* g = nullptr); // Gumbel(0, 1)
-Tensor randint(int64_t low, int64_t high, const Shape& s, Generator* g = nullptr);  // i64 in [low, high)
+Tensor rand(const Shape& s, DType t = DType::f32, Generator* g = nullptr, SourceLocation loc = SourceLocation::current());   // U[0, 1)
+Tensor randn(const Shape& s, DType t = DType::f32, Generator* g = nullptr, SourceLocation loc = SourceLocation::current());  // N(0, 1)
+Tensor gumbel(const Shape& s, DType t = DType::f32, Generator* g = nullptr, SourceLocation loc = SourceLocation::current()); // Gumbel(0, 1)
+Tensor randint(int64_t low, int64_t high, const Shape& s, Generator* g = nullptr, SourceLocation loc = SourceLocation::current());  // i64 in [low, high)
 
 // ---- elementwise (broadcasting; differentiable on f32/f64) -----------------------------------
 Tensor add(const Tensor& a, const Tensor& b);

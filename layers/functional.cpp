@@ -42,18 +42,18 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const int64_t in = weight.size(1), out = weight.size(0);
   Shape out_shape = x.shape();
   out_shape.back() = out;
-  Tensor x2 = x.reshape({-1, in});
+  Tensor x2 = x.detach().reshape({-1, in});  // views for the kernel: no nodes of their own on the tape
   const int64_t rows = x2.size(0);
   Tensor y = empty({rows, out}, x.dtype());
   if (rows > 0) {
     cpu::MatrixArg A, B;
-    Tensor xa = cpu::blas_matrix(x2, A), wt = cpu::blas_matrix(weight.t(), B);
+    Tensor xa = cpu::blas_matrix(x2, A), wt = cpu::blas_matrix(weight.detach().t(), B);
     dispatch_floating(x.dtype(), "linear", [&]<class T>() {
       T* py = y.data<T>();
       if (bias.defined()) {
         Tensor bc = bias.contiguous();
         const T* pb = bc.data<T>();
-#pragma omp parallel for if (rows * out >= cpu::kParallelGrain) schedule(static)
+#pragma omp parallel for if (rows * out >= cpu::parallel_grain()) schedule(static)
         for (int64_t r = 0; r < rows; ++r) std::memcpy(py + r * out, pb, size_t(out) * sizeof(T));
       } else if (in == 0) {
         std::memset(py, 0, size_t(rows * out) * sizeof(T));
@@ -122,7 +122,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   dispatch_floating(x.dtype(), "layer_norm", [&]<class T>() {
     const T *px = xc.data<T>(), *pw = weight.contiguous().data<T>(), *pb = bias.contiguous().data<T>();
     T *py = y.data<T>(), *ph = xhat.data<T>(), *pr = rstd.data<T>();
-#pragma omp parallel for if (rows * D >= cpu::kParallelGrain) schedule(static)
+#pragma omp parallel for if (rows * D >= cpu::parallel_grain()) schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       // Row statistics accumulate in double; the simd reductions let them vectorise.
       const T* xr = px + r * D;
@@ -154,11 +154,11 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
                const T *pg = gc.data<T>(), *ph = xhat.data<T>(), *pr = rstd.data<T>(), *pw = wv.data<T>();
                T *px = gx.data<T>(), *pgw = gw.data<T>(), *pgb = gb.data<T>();
                // Weight/bias grads are column sums: each thread sums its rows, then the partials add up.
-               const int nt = rows * D >= cpu::kParallelGrain ? omp_get_max_threads() : 1;
+               // The split is fixed by nt, not by the team OpenMP gives: the sums are complete and the
+               // same for any team size.
+               const int nt = rows * D >= cpu::parallel_grain() && !omp_in_parallel() ? omp_get_max_threads() : 1;
                std::vector<T> part(size_t(nt) * 2 * size_t(D), T(0));
-#pragma omp parallel num_threads(nt)
-               {
-                 const int t = omp_get_thread_num();
+               cpu::parallel_parts(nt, [&](int t) {
                  T* sw = part.data() + size_t(t) * 2 * size_t(D);
                  T* sb = sw + D;
                  for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; ++r) {
@@ -169,13 +169,13 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
                      sb[i] += gr[i];
                    }
                  }
-               }
+               });
                for (int t = 0; t < nt; ++t)
                  for (int64_t i = 0; i < D; ++i) {
                    pgw[i] += part[size_t(t) * 2 * size_t(D) + size_t(i)];
                    pgb[i] += part[size_t(t) * 2 * size_t(D) + size_t(D + i)];
                  }
-#pragma omp parallel for if (rows * D >= cpu::kParallelGrain) schedule(static)
+#pragma omp parallel for if (rows * D >= cpu::parallel_grain()) schedule(static)
                for (int64_t r = 0; r < rows; ++r) {
                  const T *gr = pg + r * D, *hr = ph + r * D;
                  T* xr = px + r * D;
@@ -304,7 +304,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, const CrossEnt
   dispatch_floating(logits.dtype(), "cross_entropy", [&]<class T>() {
     const T* px = lc.data<T>();
     T* pp = probs.data<T>();
-#pragma omp parallel for reduction(+ : total) if (N * V >= cpu::kParallelGrain) schedule(static)
+#pragma omp parallel for reduction(+ : total) if (N * V >= cpu::parallel_grain()) schedule(static)
     for (int64_t i = 0; i < N; ++i) {
       const T* row = px + i * V;
       T m = row[0];

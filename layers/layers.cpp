@@ -38,7 +38,10 @@ MLP::MLP(int64_t dim, int64_t hidden, Activation act, double dropout_p, std::sha
   drop = register_module("drop", std::make_shared<Dropout>(dropout_p, std::move(dropout_gen)));
 }
 
-Tensor MLP::forward(const Tensor& x) const { return fc2->forward(drop->forward(activate(fc1->forward(x), act_))); }
+Tensor MLP::forward(const Tensor& x) const {
+  ModuleScope scope(path());
+  return fc2->forward(drop->forward(activate(fc1->forward(x), act_)));
+}
 
 Tensor sinusoidal_positions(int64_t max_len, int64_t dim, DType t) {
   std::vector<double> v(size_t(max_len * dim));

@@ -12,7 +12,10 @@ class Linear : public Module {
  public:
   // Weight [out, in] and bias [out] initialised U(-1/sqrt(in), 1/sqrt(in)), as PyTorch's nn.Linear.
   Linear(int64_t in, int64_t out, bool bias, Generator& gen, DType t = DType::f32);
-  Tensor forward(const Tensor& x) const { return linear(x, weight, has_bias_ ? bias : Tensor()); }
+  Tensor forward(const Tensor& x) const {
+    ModuleScope scope(path());
+    return linear(x, weight, has_bias_ ? bias : Tensor());
+  }
   Tensor& weight;
   Tensor& bias;  // undefined when built without bias
 
@@ -24,14 +27,20 @@ class Linear : public Module {
 class Embedding : public Module {
  public:
   Embedding(int64_t num, int64_t dim, Generator& gen, DType t = DType::f32, double std = 0.02);
-  Tensor forward(const Tensor& ids) const { return embedding(weight, ids); }
+  Tensor forward(const Tensor& ids) const {
+    ModuleScope scope(path());
+    return embedding(weight, ids);
+  }
   Tensor& weight;
 };
 
 class LayerNorm : public Module {
  public:
   explicit LayerNorm(int64_t dim, double eps = 1e-5, DType t = DType::f32);
-  Tensor forward(const Tensor& x) const { return layer_norm(x, weight, bias, eps_); }
+  Tensor forward(const Tensor& x) const {
+    ModuleScope scope(path());
+    return layer_norm(x, weight, bias, eps_);
+  }
   Tensor& weight;
   Tensor& bias;
 
@@ -43,7 +52,10 @@ class LayerNorm : public Module {
 class Dropout : public Module {
  public:
   Dropout(double p, std::shared_ptr<Generator> gen) : p_(p), gen_(std::move(gen)) {}
-  Tensor forward(const Tensor& x) const { return dropout(x, p_, training(), *gen_); }
+  Tensor forward(const Tensor& x) const {
+    ModuleScope scope(path());
+    return dropout(x, p_, training(), *gen_);
+  }
   double p() const { return p_; }
 
  private:

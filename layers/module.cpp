@@ -123,4 +123,9 @@ Tensor kaiming_uniform(const Shape& s, DType t, Generator& g) {
 }
 }  // namespace init
 
+void Module::set_path(const std::string& path) {
+  path_ = path;
+  for (auto& [name, child] : children_) child->set_path(path_.empty() ? name : path_ + "." + name);
+}
+
 }  // namespace attnlab

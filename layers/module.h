@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "autograd/anomaly.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 
@@ -39,12 +40,16 @@ class Module {
   // Casts every parameter and buffer (e.g. to f64 for a gradcheck), keeping handles registered.
   void to(DType t);
 
+  // Dotted path from the root module ("blocks.0.attn"; "" for the root): anomaly messages name it.
+  const std::string& path() const { return path_; }
+
  protected:
   Tensor& register_parameter(const std::string& name, Tensor t);
   Tensor& register_buffer(const std::string& name, Tensor t);
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
     children_.emplace_back(name, m);
+    m->set_path(path_.empty() ? name : path_ + "." + name);
     return m;
   }
 
@@ -54,6 +59,8 @@ class Module {
   std::vector<std::pair<std::string, std::unique_ptr<Tensor>>> params_, buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
+  std::string path_;
+  void set_path(const std::string& path);  // and every descendant's
 };
 
 // Parameter initialisation schemes (all seeded; fan_in/fan_out from a [out, in] weight).

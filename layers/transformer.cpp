@@ -81,6 +81,7 @@ MultiHeadAttention::MultiHeadAttention(int64_t d_model, int64_t heads, const nlo
 }
 
 Tensor MultiHeadAttention::forward(const Tensor& x, const AttentionMask& mask) const {
+  ModuleScope scope(path());
   if (x.dim() != 3) fail<ShapeError>("MultiHeadAttention", "input must be [B, T, D], got ", describe(x));
   const int64_t B = x.size(0), T = x.size(1), D = x.size(2);
   // [B, T, 3, H, dh] -> three [B, H, T, dh] views (no copies; BLAS takes the strides).
@@ -106,6 +107,7 @@ TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<Generat
 }
 
 Tensor TransformerBlock::forward(const Tensor& x, const AttentionMask& mask) const {
+  ModuleScope scope(path());
   Tensor h = add(x, attn->forward(ln1->forward(x), mask));
   return add(h, drop->forward(mlp->forward(ln2->forward(h))));
 }
@@ -122,6 +124,7 @@ TransformerTrunk::TransformerTrunk(const ModelConfig& c, std::shared_ptr<Generat
 }
 
 Tensor TransformerTrunk::forward(const Tensor& ids, const AttentionMask& mask) const {
+  ModuleScope scope(path());
   if (ids.dim() != 2 || ids.dtype() != DType::i64)
     fail<ShapeError>("TransformerTrunk", "ids must be i64 [B, T], got ", describe(ids));
   const int64_t T = ids.size(1);
@@ -143,6 +146,7 @@ CausalLM::CausalLM(const ModelConfig& c, DType t) : cfg_(c), gen_(std::make_shar
 }
 
 Tensor CausalLM::forward(const Tensor& ids) const {
+  ModuleScope scope(path());
   AttentionMask mask;
   mask.causal = true;
   return head->forward(trunk->forward(ids, mask));
@@ -164,6 +168,7 @@ SequenceClassifier::SequenceClassifier(const ModelConfig& c, DType t)
 }
 
 Tensor SequenceClassifier::forward(const Tensor& ids, const Tensor& key_padding) const {
+  ModuleScope scope(path());
   AttentionMask mask;
   mask.key_padding = key_padding;
   Tensor h = trunk->forward(ids, mask);  // [B, T, D]

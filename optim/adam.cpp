@@ -61,7 +61,7 @@ void Adam::step() {
       const T* pg = gc.data<T>();
       const int64_t n = p.numel();
       const bool decoupled = options_.decoupled;
-#pragma omp parallel for simd if (n >= cpu::kParallelGrain) schedule(static)
+#pragma omp parallel for simd if (n >= cpu::parallel_grain()) schedule(static)
       for (int64_t j = 0; j < n; ++j) {
         T gj = pg[j];
         if (decoupled) pp[j] -= T(lr * wd) * pp[j];

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/grad_mode.h"
+#include "core/cpu/loops.h"
 
 namespace attnlab {
 
@@ -48,7 +49,7 @@ double grad_norm(const std::vector<Tensor>& params) {
     dispatch_floating(gc.dtype(), "grad_norm", [&]<class T>() {
       const T* d = gc.data<T>();
       double local = 0;
-#pragma omp parallel for reduction(+ : local) if (n >= (1 << 15)) schedule(static)
+#pragma omp parallel for reduction(+ : local) if (n >= cpu::parallel_grain()) schedule(static)
       for (int64_t i = 0; i < n; ++i) local += double(d[i]) * double(d[i]);
       sq += local;
     });

@@ -353,7 +353,7 @@ TEST_CASE("audit passes on a tiny causal LM and on model variants") {
   AuditReport rep = audit_spec({{"layer", "causal_lm"}});
   INFO(rep.text());
   CHECK(rep.ok());
-  CHECK(rep.recorded > 30);
+  CHECK(rep.recorded >= 30);  // every node of a 1-layer LM (linear records no view nodes of its own)
   bool ce = false, emb = false;
   for (const AuditNode& n : rep.nodes) {
     ce |= n.op == "cross_entropy";

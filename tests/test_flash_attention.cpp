@@ -368,3 +368,64 @@ TEST_CASE("MultiHeadAttention with the fused and the composite softmax agree, an
   GradcheckResult r = gradcheck_leaves([&] { return local.forward(xin, m); }, leaves, opts);
   CHECK_MESSAGE(r.ok, r.report());
 }
+
+namespace {
+// Rows (b, h, i) of out that hold any NaN or Inf.
+std::vector<bool> nonfinite_rows(const Tensor& out) {
+  const int64_t dh = out.size(-1);
+  std::vector<double> v = out.to(DType::f64).to_vector<double>();
+  std::vector<bool> rows(v.size() / size_t(dh), false);
+  for (size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i])) rows[i / size_t(dh)] = true;
+  return rows;
+}
+}  // namespace
+
+TEST_CASE("a NaN or an infinity in q or k gives NaN out of the fused kernels, as on the composite path") {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  for (DType dt : {DType::f64, DType::f32})
+    for (int64_t block : {0, 4})
+      for (bool causal : {false, true})
+        for (double bad : {nan, inf, -inf})
+          for (int which : {0, 1}) {  // plant it in q or in k
+            INFO("dtype ", std::string(dtype_name(dt)), " block ", block, " causal ", causal, " value ", bad, " in ",
+                 which ? "k" : "q");
+            Generator g(21);
+            Tensor q = randn({1, 2, 9, 4}, dt, &g), k = randn({1, 2, 9, 4}, dt, &g), v = randn({1, 2, 9, 4}, dt, &g);
+            // Row 5 of head 1 (or key 5, which rows 5.. see when causal); the other head stays clean.
+            Tensor& t = which ? k : q;
+            std::vector<double> vals = t.to(DType::f64).to_vector<double>();
+            vals[size_t((9 + 5) * 4 + 2)] = bad;
+            t = from_vector(vals, t.shape()).to(dt);
+            AttentionMask m;
+            m.causal = causal;
+            TileGuard tg({2, 3, 2, 3});
+            Tensor fused = block ? local_attention(q, k, v, m, block, 0.5) : flash_attention(q, k, v, m, 0.5);
+            Tensor ref = block ? local_attention_composite(q, k, v, m, block, 0.5)
+                               : softmax_attention_composite(q, k, v, m, 0.5);
+            const std::vector<bool> fr = nonfinite_rows(fused), rr = nonfinite_rows(ref);
+            CHECK(fr == rr);
+            // A NaN always reaches the output; an infinity may only make scores -inf (a row that then
+            // looks fully masked gives zeros on both paths).
+            if (std::isnan(bad)) CHECK(std::count(fr.begin(), fr.end(), true) > 0);
+            // The clean head and every unaffected row agree with the reference.
+            std::vector<double> a = fused.to(DType::f64).to_vector<double>(), b = ref.to(DType::f64).to_vector<double>();
+            for (size_t i = 0; i < a.size(); ++i)
+              if (!fr[i / 4]) CHECK(std::fabs(a[i] - b[i]) < 1e-4);
+          }
+}
+
+TEST_CASE("the backward runs with the tiles its forward ran with, whatever the setting when it runs") {
+  Generator g(8);
+  Tensor q = randn({1, 1, 7, 3}, DType::f64, &g).set_requires_grad(true), k = randn({1, 1, 7, 3}, DType::f64, &g),
+         v = randn({1, 1, 7, 3}, DType::f64, &g);
+  Tensor out;
+  {
+    TileGuard tg({2, 3, 2, 3});
+    out = flash_attention(q, k, v, {}, 0.5);
+  }
+  sum(out).backward();  // the default tiles are in force now
+  const flash::Tiles used = flash::last_backward_tiles();
+  CHECK(used.bwd_q == 2);
+  CHECK(used.bwd_k == 3);
+}

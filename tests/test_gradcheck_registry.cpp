@@ -2,17 +2,78 @@
 // pass a float64 finite-difference check, and must actually exercise its op.
 #include <doctest/doctest.h>
 
+#include <omp.h>
+
+#include <map>
 #include <set>
 
 #include "autograd/engine.h"
 #include "autograd/gradcheck.h"
 #include "autograd/node.h"
 #include "autograd/registry.h"
+#include "core/cpu/loops.h"
+#include "layers/transformer.h"
 #include "core/rng.h"
 
 using namespace attnlab;
 
 namespace {
+struct ThreadCount {
+  int saved = omp_get_max_threads();
+  explicit ThreadCount(int n) { omp_set_num_threads(n); }
+  ~ThreadCount() { omp_set_num_threads(saved); }
+};
+
+// Every registered op and its number of gradcheck cases: removing an op, or one of its cases, must
+// be a visible change to this list.
+const std::map<std::string, size_t> kPinnedOps = {
+    {"abs", 1},
+    {"add", 4},
+    {"clamp", 1},
+    {"concat", 2},
+    {"copy", 2},
+    {"cross_entropy", 2},
+    {"div", 4},
+    {"dropout", 1},
+    {"embedding", 1},
+    {"exp", 3},
+    {"expand", 1},
+    {"flash_attention", 6},
+    {"gather", 2},
+    {"gelu", 2},
+    {"index_add", 1},
+    {"index_select", 2},
+    {"layer_norm", 2},
+    {"linear", 3},
+    {"local_attention", 3},
+    {"log", 3},
+    {"log_softmax", 2},
+    {"logsumexp", 2},
+    {"matmul", 4},
+    {"max", 3},
+    {"maximum", 1},
+    {"min", 2},
+    {"minimum", 1},
+    {"mul", 4},
+    {"neg", 3},
+    {"permute", 2},
+    {"pow", 4},
+    {"pow_scalar", 2},
+    {"relu", 2},
+    {"reshape", 3},
+    {"rsqrt", 3},
+    {"scatter_add", 1},
+    {"sigmoid", 3},
+    {"slice", 3},
+    {"softmax", 2},
+    {"sqrt", 3},
+    {"sub", 4},
+    {"sum", 4},
+    {"tanh", 3},
+    {"var", 2},
+    {"where", 2}
+};
+
 bool graph_uses(const Tensor& out, const OpDef& op) {
   for (const auto& node : backward_order(out))
     if (&node->op() == &op) return true;
@@ -45,6 +106,13 @@ TEST_CASE("every registered op has a passing float64 gradcheck") {
       CHECK_MESSAGE(graph_uses(gc.fn(probe), *op), "case '", gc.label, "' does not exercise op '", op->name, "'");
       GradcheckResult r = gradcheck(gc.fn, inputs);
       CHECK_MESSAGE(r.ok, op->name, " / ", gc.label, ":\n", r.report());
+      // Again through every parallel branch (grain 0), on three threads so that splits are uneven.
+      {
+        cpu::ScopedParallelGrain forced(0);
+        ThreadCount three(3);
+        GradcheckResult rp = gradcheck(gc.fn, inputs);
+        CHECK_MESSAGE(rp.ok, op->name, " / ", gc.label, " (parallel branches forced):\n", rp.report());
+      }
       ++checked;
     }
   }
@@ -69,4 +137,41 @@ TEST_CASE("gradcheck catches a wrong backward") {
   CHECK_FALSE(r.ok);
   CHECK(r.inputs[0].checked);
   CHECK(r.inputs[0].abs_err > 1e-3);
+}
+
+TEST_CASE("the registry holds exactly the pinned ops, each with its pinned number of cases") {
+  std::map<std::string, size_t> actual;
+  for (const OpDef* op : op_registry()) actual[op->name] = op->cases.size();
+  std::string table;
+  for (const auto& [name, n] : actual) table += "    {\"" + name + "\", " + std::to_string(n) + "},\n";
+  CHECK_MESSAGE(actual == kPinnedOps, "the registry is now:\n", table);
+}
+
+TEST_CASE("a training step's tape holds registered ops only") {
+  for (const char* type : {"softmax", "local"})
+    for (const char* impl : {"fused", "composite"}) {
+      INFO("attention ", type, " ", impl);
+      ModelConfig c;
+      c.vocab_size = 13;
+      c.d_model = 8;
+      c.n_layers = 2;
+      c.n_heads = 2;
+      c.d_ff = 16;
+      c.max_len = 8;
+      c.dropout = 0.1;
+      c.attention = {{"type", type}, {"impl", impl}};
+      if (std::string(type) == "local") c.attention["block"] = 3;
+      CausalLM lm(c);
+      std::vector<double> v;
+      for (int i = 0; i < 16; ++i) v.push_back(double((i * 5) % 13));
+      Tensor ids = from_vector(v, {2, 8}, DType::i64);
+      Tensor loss = lm.loss(ids, ids);
+      std::set<std::string> seen;
+      for (const auto& node : backward_order(loss)) {
+        CHECK_MESSAGE(find_op(node->name()) == &node->op(), "op '", node->name(), "' on the tape is not registered");
+        seen.insert(node->name());
+      }
+      CHECK(seen.count("cross_entropy") == 1);
+      CHECK(seen.count("linear") == 1);
+    }
 }

@@ -10,15 +10,38 @@
 
 namespace attnlab::cpu {
 
-// Below this many elements a loop runs on one thread: forking costs more than it saves.
-constexpr int64_t kParallelGrain = 1 << 15;
+// Below this many elements a loop runs on one thread: forking costs more than it saves. A run-time
+// value so that tests can push every small gradcheck case through the parallel branches.
+inline constexpr int64_t kDefaultParallelGrain = 1 << 15;
+inline int64_t g_parallel_grain = kDefaultParallelGrain;
+inline int64_t parallel_grain() { return g_parallel_grain; }
+
+// Sets the grain for a scope (tests: 0 makes every op with a parallel branch take it).
+struct ScopedParallelGrain {
+  int64_t saved = g_parallel_grain;
+  explicit ScopedParallelGrain(int64_t grain) { g_parallel_grain = grain; }
+  ~ScopedParallelGrain() { g_parallel_grain = saved; }
+  ScopedParallelGrain(const ScopedParallelGrain&) = delete;
+  ScopedParallelGrain& operator=(const ScopedParallelGrain&) = delete;
+};
+
+// Runs body(part) for every part in [0, parts), in parallel. Each part is a fixed share of the work
+// whatever team OpenMP actually gives (OMP_DYNAMIC, a thread limit, a call from inside a parallel
+// region can all give fewer threads than asked for): every thread takes the parts part ≡ tid (mod team).
+template <class Body>
+void parallel_parts(int parts, Body body) {
+#pragma omp parallel num_threads(parts) if (parts > 1)
+  {
+    const int team = omp_get_num_threads();
+    for (int part = omp_get_thread_num(); part < parts; part += team) body(part);
+  }
+}
 
 // Strides of `t` as seen from `out_shape` under broadcasting (0 along broadcast dims).
 inline Shape broadcast_strides(const Tensor& t, const Shape& out_shape) {
   Shape st(out_shape.size(), 0);
   size_t off = out_shape.size() - t.shape().size();
-  for (size_t i = 0; i < t.shape().size(); ++i)
-    st[off + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
+  for (size_t i = 0; i < t.shape().size(); ++i) st[off + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
   return st;
 }
 
@@ -34,8 +57,7 @@ LoopPlan<K> coalesce(const Shape& shape, const std::array<Shape, K>& strides) {
   for (size_t d = 0; d < shape.size(); ++d) {
     if (shape[d] == 1) continue;  // size-1 dims never move the index
     bool merge = !p.shape.empty();
-    for (size_t k = 0; k < K && merge; ++k)
-      merge = p.strides[k].back() == strides[k][d] * shape[d];
+    for (size_t k = 0; k < K && merge; ++k) merge = p.strides[k].back() == strides[k][d] * shape[d];
     if (merge) {
       p.shape.back() *= shape[d];
       for (size_t k = 0; k < K; ++k) p.strides[k].back() = strides[k][d];
@@ -86,7 +108,7 @@ void for_each_row(const Shape& shape, const std::array<Shape, K>& strides, RowFn
     }
   };
 
-  if (total < kParallelGrain || omp_in_parallel()) {
+  if (total < parallel_grain() || omp_in_parallel()) {
     run_rows(0, rows);
   } else if (rows == 1) {
     // One long row: split it into pieces instead.
@@ -115,17 +137,18 @@ template <class In, class Out, class F>
 void map1(const Tensor& a, Tensor& out, F f) {
   const In* pa = a.data<In>();
   Out* po = out.data<Out>();
-  for_each_row<2>(out.shape(), {contiguous_strides(out.shape()), a.strides()},
-                  [&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) __attribute__((flatten)) {
-                    Out* o = po + off[0];
-                    const In* x = pa + off[1];
-                    if (st[0] == 1 && st[1] == 1) {
+  for_each_row<2>(
+      out.shape(), {contiguous_strides(out.shape()), a.strides()},
+      [&](const std::array<int64_t, 2>& off, int64_t n, const std::array<int64_t, 2>& st) __attribute__((flatten)) {
+        Out* o = po + off[0];
+        const In* x = pa + off[1];
+        if (st[0] == 1 && st[1] == 1) {
 #pragma omp simd
-                      for (int64_t i = 0; i < n; ++i) o[i] = f(x[i]);
-                    } else {
-                      for (int64_t i = 0; i < n; ++i) o[i * st[0]] = f(x[i * st[1]]);
-                    }
-                  });
+          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i]);
+        } else {
+          for (int64_t i = 0; i < n; ++i) o[i * st[0]] = f(x[i * st[1]]);
+        }
+      });
 }
 
 // out = f(a, b) with broadcasting; out already has the broadcast shape and is contiguous.
@@ -134,23 +157,24 @@ void map2(const Tensor& a, const Tensor& b, Tensor& out, F f) {
   const A* pa = a.data<A>();
   const B* pb = b.data<B>();
   Out* po = out.data<Out>();
-  for_each_row<3>(out.shape(),
-                  {contiguous_strides(out.shape()), broadcast_strides(a, out.shape()), broadcast_strides(b, out.shape())},
-                  [&](const std::array<int64_t, 3>& off, int64_t n, const std::array<int64_t, 3>& st) __attribute__((flatten)) {
-                    Out* o = po + off[0];
-                    const A* x = pa + off[1];
-                    const B* y = pb + off[2];
-                    if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+  for_each_row<3>(
+      out.shape(),
+      {contiguous_strides(out.shape()), broadcast_strides(a, out.shape()), broadcast_strides(b, out.shape())},
+      [&](const std::array<int64_t, 3>& off, int64_t n, const std::array<int64_t, 3>& st) __attribute__((flatten)) {
+        Out* o = po + off[0];
+        const A* x = pa + off[1];
+        const B* y = pb + off[2];
+        if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
 #pragma omp simd
-                      for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
-                    } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
-                      const B yv = y[0];
+          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i]);
+        } else if (st[0] == 1 && st[1] == 1 && st[2] == 0) {
+          const B yv = y[0];
 #pragma omp simd
-                      for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], yv);
-                    } else {
-                      for (int64_t i = 0; i < n; ++i) o[i * st[0]] = f(x[i * st[1]], y[i * st[2]]);
-                    }
-                  });
+          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], yv);
+        } else {
+          for (int64_t i = 0; i < n; ++i) o[i * st[0]] = f(x[i * st[1]], y[i * st[2]]);
+        }
+      });
 }
 
 // out = f(a, b, c) with broadcasting (used by where).
@@ -161,19 +185,20 @@ void map3(const Tensor& a, const Tensor& b, const Tensor& c, Tensor& out, F f) {
   const C* pc = c.data<C>();
   Out* po = out.data<Out>();
   const Shape& s = out.shape();
-  for_each_row<4>(s, {contiguous_strides(s), broadcast_strides(a, s), broadcast_strides(b, s), broadcast_strides(c, s)},
-                  [&](const std::array<int64_t, 4>& off, int64_t n, const std::array<int64_t, 4>& st) __attribute__((flatten)) {
-                    Out* o = po + off[0];  // locals: captured pointers would be reloaded every element
-                    const A* x = pa + off[1];
-                    const B* y = pb + off[2];
-                    const C* z = pc + off[3];
-                    if (st[0] == 1 && st[1] == 1 && st[2] == 1 && st[3] == 1) {
+  for_each_row<4>(
+      s, {contiguous_strides(s), broadcast_strides(a, s), broadcast_strides(b, s), broadcast_strides(c, s)},
+      [&](const std::array<int64_t, 4>& off, int64_t n, const std::array<int64_t, 4>& st) __attribute__((flatten)) {
+        Out* o = po + off[0];  // locals: captured pointers would be reloaded every element
+        const A* x = pa + off[1];
+        const B* y = pb + off[2];
+        const C* z = pc + off[3];
+        if (st[0] == 1 && st[1] == 1 && st[2] == 1 && st[3] == 1) {
 #pragma omp simd
-                      for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i], z[i]);
-                    } else {
-                      for (int64_t i = 0; i < n; ++i) o[i * st[0]] = f(x[i * st[1]], y[i * st[2]], z[i * st[3]]);
-                    }
-                  });
+          for (int64_t i = 0; i < n; ++i) o[i] = f(x[i], y[i], z[i]);
+        } else {
+          for (int64_t i = 0; i < n; ++i) o[i * st[0]] = f(x[i * st[1]], y[i * st[2]], z[i * st[3]]);
+        }
+      });
 }
 
 }  // namespace attnlab::cpu
