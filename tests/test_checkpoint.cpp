@@ -18,6 +18,8 @@
 #include "core/safetensors.h"
 #include "layers/checkpoint.h"
 #include "layers/transformer.h"
+#include "optim/adam.h"
+#include "optim/sgd.h"
 #include "tests/support.h"
 
 using namespace attnlab;
@@ -624,4 +626,48 @@ TEST_CASE("checkpoint: attached files are committed to like the weights (missing
     st.attached = bad;
     CHECK_THROWS_AS(save_checkpoint(prefix, m, nullptr, st), ValueError);
   }
+}
+
+TEST_CASE("checkpoint: an optimizer state that lost a tensor is refused, naming it") {
+  TempDir dir;
+  const std::string prefix = dir.file("ck");
+  CausalLM m(small_config(1));
+  Adam adam(m.parameters(), adamw_options(0.01));
+  m.loss(sample_ids(), sample_ids()).backward();
+  adam.step();
+  save_checkpoint(prefix, m, &adam, {});
+
+  // The optimizer file rewritten without parameter 1's moments, the sidecar updated to match (as a
+  // tool or a hand edit would): the CRC cannot catch this, the optimizer must.
+  StateDict slots = adam.state_tensors();
+  slots.erase("1.exp_avg");
+  slots.erase("1.exp_avg_sq");
+  nlohmann::json sidecar = nlohmann::json::parse(read_bytes(prefix + ".json"));
+  const std::string optim_file = dir.file(sidecar["files"]["optimizer"]["name"].get<std::string>());
+  FileDigest d = save_safetensors(optim_file, slots);
+  sidecar["files"]["optimizer"]["bytes"] = d.bytes;
+  sidecar["files"]["optimizer"]["crc32"] = d.crc32;
+  write_file(prefix + ".json", sidecar.dump());
+
+  CausalLM back(small_config(2));
+  const StateDict before = snapshot(back.state_dict());
+  Adam fresh(back.parameters(), adamw_options(0.01));
+  CHECK_THROWS_WITH_AS(load_checkpoint(prefix, back, &fresh), doctest::Contains("no tensor '1.exp_avg'"), ValueError);
+  CHECK(same_state(back.state_dict(), before));
+  CHECK(fresh.state_tensors().empty());
+
+  // SGD likewise; a parameter that never had a gradient legitimately has no buffer.
+  Tensor p = ones({2}).set_requires_grad(), unused = ones({2}).set_requires_grad();
+  SGD sgd({p, unused}, {.lr = 0.1, .momentum = 0.9});
+  p.set_grad(ones({2}));
+  sgd.step();
+  REQUIRE(sgd.state_tensors().size() == 1);
+  SGD other({p, unused}, {.lr = 0.1, .momentum = 0.9});
+  CHECK_NOTHROW(other.load_state(sgd.state_tensors(), sgd.state_json()));
+  CHECK_THROWS_WITH_AS(other.load_state({}, sgd.state_json()), doctest::Contains("no tensor '0.momentum_buffer'"),
+                       ValueError);
+  nlohmann::json unlisted = sgd.state_json();
+  unlisted.erase("stateful_params");
+  CHECK_THROWS_WITH_AS(other.load_state(sgd.state_tensors(), unlisted), doctest::Contains("stateful_params"),
+                       ValueError);
 }
