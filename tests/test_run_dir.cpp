@@ -225,3 +225,13 @@ TEST_CASE("run dir: a model vocabulary larger than the tokenizer's is allowed, s
                        doctest::Contains("model.vocab_size is 20 but the char tokenizer has 36"), ValueError);
   CHECK_FALSE(fs::exists(small.out_dir));
 }
+
+TEST_CASE("run dir: draw names the file and line of a metrics row with a wrong type") {
+  TempDir tmp;
+  write_file(tmp.file("m.jsonl"), "{\"step\": 1, \"train_loss\": 2.0}\n{\"step\": 2, \"train_loss\": \"1.5\"}\n");
+  CHECK_THROWS_WITH_AS(draw_metrics(tmp.file("m.jsonl"), 400, 300), doctest::Contains("m.jsonl:2: \"train_loss\""),
+                       ValueError);
+  write_file(tmp.file("m.jsonl"), "{\"step\": 1, \"train_loss\": 2.0}\n[1, 2]\n");
+  CHECK_THROWS_WITH_AS(draw_metrics(tmp.file("m.jsonl"), 400, 300), doctest::Contains("m.jsonl:2: a row must be"),
+                       ValueError);
+}

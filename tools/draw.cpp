@@ -323,9 +323,12 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
   plot::Series bpc{"val bpc", {}, {}, RGB{214, 39, 40}, true, 1.5};
   std::string line;
   int64_t lineno = 0;
-  auto number = [](const nlohmann::json& row, const char* key, double& out) {
+  // A row is never skipped for a wrong type: the curve would silently miss it.
+  auto number = [&](const nlohmann::json& row, const char* key, double& out) {
     auto it = row.find(key);
-    if (it == row.end() || !it->is_number()) return false;
+    if (it == row.end()) return false;
+    if (!it->is_number())
+      fail<ValueError>("draw", path, ":", lineno, ": \"", key, "\" must be a number, got ", it->dump());
     out = it->get<double>();
     return true;
   };
@@ -339,7 +342,8 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
       fail<ValueError>("draw", path, ":", lineno, ": not valid JSON: ", e.what());
     }
     double step, v;
-    if (!row.is_object() || !number(row, "step", step)) continue;
+    if (!row.is_object()) fail<ValueError>("draw", path, ":", lineno, ": a row must be a JSON object, got ", line);
+    if (!number(row, "step", step)) continue;
     if (number(row, "train_loss", v)) train.x.push_back(step), train.y.push_back(v);
     if (number(row, "train_loss_ema", v)) ema.x.push_back(step), ema.y.push_back(v);
     if (number(row, "val_loss", v)) val.x.push_back(step), val.y.push_back(v);
