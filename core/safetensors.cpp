@@ -31,10 +31,14 @@ constexpr uint64_t kMaxElements = uint64_t(std::numeric_limits<int64_t>::max()) 
 
 const char* dtype_code(DType t) {
   switch (t) {
-    case DType::f32: return "F32";
-    case DType::f64: return "F64";
-    case DType::i64: return "I64";
-    case DType::b8: return "BOOL";
+    case DType::f32:
+      return "F32";
+    case DType::f64:
+      return "F64";
+    case DType::i64:
+      return "I64";
+    case DType::b8:
+      return "BOOL";
   }
   return "?";
 }
@@ -74,6 +78,11 @@ struct FileCloser {
 
 }  // namespace
 
+void FileDigest::add(const void* data, size_t n) {
+  crc32 = crc_update(crc32, data, n);
+  bytes += n;
+}
+
 // ---- AtomicFileWriter --------------------------------------------------------------------------
 
 AtomicFileWriter::AtomicFileWriter(const std::string& path, const char* op)
@@ -102,8 +111,7 @@ void AtomicFileWriter::write(const void* data, size_t n) {
   if (!f_) fail<IOError>(op_, path_, ": write after commit");
   if (n == 0) return;
   if (std::fwrite(data, 1, n, f_) != n) fail_io(cat("write to ", tmp_, " failed: ", errno_text()));
-  digest_.crc32 = crc_update(digest_.crc32, data, n);
-  digest_.bytes += n;
+  digest_.add(data, n);
 }
 
 FileDigest AtomicFileWriter::commit() {
@@ -133,6 +141,12 @@ FileDigest AtomicFileWriter::commit() {
   if (rc != 0 && sync_errno != EINVAL)
     fail<IOError>(op_, path_, ": syncing its directory failed: ", std::strerror(sync_errno));
   return digest_;
+}
+
+FileDigest write_file_atomic(const std::string& path, std::string_view bytes, const char* op) {
+  AtomicFileWriter out(path, op);
+  out.write(bytes.data(), bytes.size());
+  return out.commit();
 }
 
 // ---- writer ------------------------------------------------------------------------------------

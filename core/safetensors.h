@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <string_view>
 
 #include "core/tensor.h"
 
@@ -25,6 +26,7 @@ namespace attnlab {
 struct FileDigest {
   uint64_t bytes = 0;
   uint32_t crc32 = 0;
+  void add(const void* data, size_t n);  // extends the digest by the next n bytes
   bool operator==(const FileDigest&) const = default;
 };
 
@@ -69,5 +71,8 @@ class AtomicFileWriter {
   std::FILE* f_ = nullptr;
   FileDigest digest_;
 };
+
+// Writes `bytes` to `path` all-or-nothing (an AtomicFileWriter in one call); returns their digest.
+FileDigest write_file_atomic(const std::string& path, std::string_view bytes, const char* op);
 
 }  // namespace attnlab

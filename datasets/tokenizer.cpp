@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/safetensors.h"
 
 namespace attnlab {
 namespace {
@@ -65,8 +66,8 @@ std::vector<int64_t> CharTokenizer::encode(std::string_view text) const {
   for (size_t i = 0; i < text.size(); ++i) {
     const uint8_t b = uint8_t(text[i]);
     if (index_[b] < 0)
-      fail<ValueError>("CharTokenizer::encode", "byte ", byte_str(b), " at position ", i,
-                       " is not in the vocabulary (", symbols_.size(), " symbols from the corpus it was built on)");
+      fail<ValueError>("CharTokenizer::encode", "byte ", byte_str(b), " at position ", i, " is not in the vocabulary (",
+                       symbols_.size(), " symbols from the corpus it was built on)");
     ids[i] = index_[b];
   }
   return ids;
@@ -105,11 +106,21 @@ void from_json(const nlohmann::json& j, CharTokenizer& tok) {
 }
 
 void CharTokenizer::save(const std::string& path) const {
-  std::ofstream out(path, std::ios::binary);
-  if (!out) fail<IOError>("CharTokenizer::save", "cannot open '", path, "' for writing (", std::strerror(errno), ")");
-  out << nlohmann::json(*this).dump(1) << '\n';
-  out.close();
-  if (!out) fail<IOError>("CharTokenizer::save", "failed writing '", path, "'");
+  write_file_atomic(path, nlohmann::json(*this).dump(1) + "\n", "CharTokenizer::save");
+}
+
+nlohmann::json tokenizer_to_json(const Tokenizer& tok) {
+  if (auto* c = dynamic_cast<const CharTokenizer*>(&tok)) return *c;
+  return {{"tokenizer", tok.name()}, {"version", 1}};
+}
+
+std::unique_ptr<Tokenizer> tokenizer_from_json(const nlohmann::json& j) {
+  if (j.is_object() && j.value("tokenizer", nlohmann::json()) == "byte") {
+    if (j.size() != 2 || j.value("version", nlohmann::json()) != 1)
+      fail<ValueError>("tokenizer_from_json", "expected {\"tokenizer\": \"byte\", \"version\": 1}, got ", j.dump());
+    return std::make_unique<ByteTokenizer>();
+  }
+  return std::make_unique<CharTokenizer>(j.get<CharTokenizer>());
 }
 
 CharTokenizer CharTokenizer::load(const std::string& path) {

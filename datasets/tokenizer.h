@@ -7,6 +7,7 @@
 #pragma once
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
@@ -51,17 +52,22 @@ class CharTokenizer final : public Tokenizer {
 
   // JSON file: {"tokenizer": "char", "version": 1, "symbols": [10, 32, ...]}. Bytes are stored as
   // numbers, not a string, because a vocabulary may hold bytes that are not valid UTF-8 alone.
-  void save(const std::string& path) const;       // IOError if the file cannot be written
+  void save(const std::string& path) const;            // atomically (never half-written); IOError on failure
   static CharTokenizer load(const std::string& path);  // IOError on a missing/unreadable/malformed file
 
  private:
-  std::vector<uint8_t> symbols_;   // id -> byte
-  std::array<int32_t, 256> index_; // byte -> id, or -1 when the byte is not in the vocabulary
+  std::vector<uint8_t> symbols_;    // id -> byte
+  std::array<int32_t, 256> index_;  // byte -> id, or -1 when the byte is not in the vocabulary
 };
 
 // nlohmann_json hooks (found by ADL), so a tokenizer can sit inside a larger checkpoint JSON.
 // from_json throws ValueError on a wrong "tokenizer" tag, version or symbol list.
 void to_json(nlohmann::json& j, const CharTokenizer& tok);
 void from_json(const nlohmann::json& j, CharTokenizer& tok);
+
+// Either kind as JSON, so a run can record which one its ids belong to: CharTokenizer's object above,
+// or {"tokenizer": "byte", "version": 1}. from_json throws ValueError on an unknown or malformed one.
+nlohmann::json tokenizer_to_json(const Tokenizer& tok);
+std::unique_ptr<Tokenizer> tokenizer_from_json(const nlohmann::json& j);
 
 }  // namespace attnlab

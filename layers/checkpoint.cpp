@@ -7,6 +7,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -21,7 +22,7 @@ namespace {
 
 constexpr int kFormatVersion = 1;
 constexpr const char* kFormat = "attnlab.checkpoint";
-constexpr uint64_t kMaxSidecarBytes = 100'000'000;
+constexpr uint64_t kMaxSmallFileBytes = 100'000'000;  // the sidecar and attached files are read whole
 
 // A weight file as the sidecar records it: a bare file name in the sidecar's directory.
 struct FileRef {
@@ -33,6 +34,7 @@ struct Sidecar {
   CheckpointState state;
   FileRef model;
   std::optional<FileRef> optim;
+  std::map<std::string, FileRef> attached;  // by role
 };
 
 // "runs/a/ckpt" -> directory "runs/a" (or "."), base name "ckpt".
@@ -83,17 +85,24 @@ FileRef parse_ref(const std::string& path, const nlohmann::json& j, const char* 
   return {name.get<std::string>(), {bytes.get<uint64_t>(), uint32_t(crc.get<uint64_t>())}};
 }
 
-Sidecar read_sidecar(const Prefix& pre) {
-  const std::string path = pre.sidecar();
+// A whole small file; IOError "<op>: <sidecar>: <what> cannot be read ..." when it cannot be read.
+std::string read_small_file(const char* op, const std::string& sidecar, const std::string& path,
+                            const std::string& what) {
   std::error_code ec;
   uint64_t size = fs::file_size(path, ec);
-  if (ec) bad_sidecar(path, "cannot read the checkpoint sidecar: ", ec.message());
-  if (size > kMaxSidecarBytes) bad_sidecar(path, "sidecar is ", size, " bytes, over the 100 MB limit");
+  if (ec) fail<IOError>(op, sidecar, ": ", what, " cannot be read: ", ec.message());
+  if (size > kMaxSmallFileBytes) fail<IOError>(op, sidecar, ": ", what, " is ", size, " bytes, over the 100 MB limit");
   std::ifstream in(path, std::ios::binary);
   std::ostringstream text;
   text << in.rdbuf();
-  if (!in) bad_sidecar(path, "cannot read the checkpoint sidecar");
-  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  if (!in) fail<IOError>(op, sidecar, ": ", what, " cannot be read");
+  return text.str();
+}
+
+Sidecar read_sidecar(const Prefix& pre) {
+  const std::string path = pre.sidecar();
+  const std::string text = read_small_file("load_checkpoint", path, path, "the checkpoint sidecar");
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) bad_sidecar(path, "sidecar is not a JSON object (truncated or corrupted?)");
 
   if (!j.contains("format") || j["format"] != kFormat)
@@ -109,8 +118,15 @@ Sidecar read_sidecar(const Prefix& pre) {
     bad_sidecar(path, "files.model is missing");
 
   Sidecar s;
-  s.model = parse_ref(path, j["files"]["model"], "model");
-  if (j["files"].contains("optimizer")) s.optim = parse_ref(path, j["files"]["optimizer"], "optimizer");
+  for (auto& [role, ref] : j["files"].items()) {
+    FileRef r = parse_ref(path, ref, role.c_str());
+    if (role == "model") s.model = r;
+    else if (role == "optimizer") s.optim = r;
+    else {
+      s.attached[role] = r;
+      s.state.attached[role] = r.name;
+    }
+  }
   s.state.step = j["step"].get<int64_t>();
   s.state.config = j.value("config", nlohmann::json());
   s.state.optimizer = j.value("optimizer", nlohmann::json());
@@ -134,6 +150,19 @@ SafetensorsFile load_verified(const Prefix& pre, const FileRef& ref) {
     bad_sidecar(sidecar, "its weight file ", path, " has CRC-32 ", f.digest.crc32, " but the sidecar records ",
                 ref.digest.crc32, " (corrupted, or replaced after the checkpoint was written)");
   return f;
+}
+
+// The bytes of an attached file, checked like a weight file.
+std::string read_verified(const Prefix& pre, const FileRef& ref) {
+  const std::string path = pre.file(ref.name), sidecar = pre.sidecar();
+  std::string bytes = read_small_file("load_checkpoint", sidecar, path, "its file " + path);
+  FileDigest d;
+  d.add(bytes.data(), bytes.size());
+  if (d != ref.digest)
+    bad_sidecar(sidecar, "its file ", path, " has ", d.bytes, " bytes and CRC-32 ", d.crc32,
+                " but the sidecar records ", ref.digest.bytes, " and ", ref.digest.crc32,
+                " (changed after the checkpoint was written)");
+  return bytes;
 }
 
 // Refuses weights that do not fit the model before load_state_dict starts copying, so a mismatch
@@ -183,6 +212,20 @@ void remove_stale_files(const Prefix& pre, const std::set<std::string>& keep) {
   }
 }
 
+// Digests a file the caller wrote beside the sidecar, for the sidecar to commit to.
+FileRef attached_ref(const Prefix& pre, const std::string& role, const std::string& name) {
+  const char* op = "save_checkpoint";
+  if (role == "model" || role == "optimizer") fail<ValueError>(op, "'", role, "' is reserved for the weight files");
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." ||
+      is_checkpoint_file(name, pre.base) || name == pre.base + ".json")
+    fail<ValueError>(op, "attached file '", name, "' (", role, ") must be a plain file name beside the sidecar");
+  const std::string path = pre.file(name);
+  FileRef ref{name, {}};
+  std::string bytes = read_small_file(op, pre.sidecar(), path, "its " + role + " file " + path);
+  ref.digest.add(bytes.data(), bytes.size());
+  return ref;
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& prefix, const Module& model, const Optimizer* opt, const CheckpointState& st) {
@@ -202,6 +245,10 @@ void save_checkpoint(const std::string& prefix, const Module& model, const Optim
   std::string stem = pre.base + ".step" + std::to_string(st.step);
   if (in_use.count(stem + ".safetensors") || in_use.count(stem + ".optim.safetensors")) stem += ".alt";
 
+  // The attached files first: a missing one fails before anything is written.
+  std::map<std::string, FileRef> attached;
+  for (auto& [role, name] : st.attached) attached[role] = attached_ref(pre, role, name);
+
   // (1) the weight files, each durable before (2).
   FileRef model_ref{stem + ".safetensors", {}};
   model_ref.digest = save_safetensors(pre.file(model_ref.name), model.state_dict(),
@@ -215,6 +262,7 @@ void save_checkpoint(const std::string& prefix, const Module& model, const Optim
   // (2) the sidecar: its rename is the commit.
   nlohmann::json files = {{"model", ref_json(model_ref)}};
   if (optim_ref) files["optimizer"] = ref_json(*optim_ref);
+  for (auto& [role, ref] : attached) files[role] = ref_json(ref);
   nlohmann::json j = {{"format", kFormat},
                       {"format_version", kFormatVersion},
                       {"created", utc_now()},
@@ -230,9 +278,7 @@ void save_checkpoint(const std::string& prefix, const Module& model, const Optim
   } catch (const nlohmann::json::exception& e) {
     fail<ValueError>(op, prefix, ": the checkpoint state holds a string that is not valid UTF-8 (", e.what(), ")");
   }
-  AtomicFileWriter out(pre.sidecar(), op);
-  out.write(text.data(), text.size());
-  out.commit();
+  write_file_atomic(pre.sidecar(), text, op);
 
   // (3) everything else of ours: the previous checkpoint, leftovers of interrupted saves.
   std::set<std::string> keep = {model_ref.name};
@@ -253,11 +299,21 @@ CheckpointState load_checkpoint(const std::string& prefix, Module& model, Optimi
     if (!s.optim) bad_sidecar(pre.sidecar(), "the checkpoint was saved without optimizer state");
     optim = load_verified(pre, *s.optim);
   }
+  for (auto& [role, ref] : s.attached) read_verified(pre, ref);
   check_fits(pre.sidecar(), model, weights.tensors);
   // The optimizer first: it is the one that can still refuse (wrong name, count, shapes).
   if (opt) opt->load_state(optim->tensors, s.state.optimizer);
   model.load_state_dict(weights.tensors, /*strict=*/true);
   return s.state;
+}
+
+std::string read_attached_file(const std::string& prefix, const std::string& role) {
+  Prefix pre = split_prefix("load_checkpoint", prefix);
+  Sidecar s = read_sidecar(pre);
+  auto it = s.attached.find(role);
+  if (it == s.attached.end())
+    bad_sidecar(pre.sidecar(), "the checkpoint records no ", role, " file (saved by an older attnlab?)");
+  return read_verified(pre, it->second);
 }
 
 nlohmann::json generator_to_json(const Generator& g) {

@@ -2,12 +2,14 @@
 //
 // On disk, for prefix "runs/a/ckpt" (all in runs/a/):
 //   ckpt.json                        the sidecar: format_version, created, step, config, optimizer
-//                                    (state_json), rng, extra (metrics...), and "files", naming the two
-//                                    files below with their byte size and zlib CRC-32
+//                                    (state_json), rng, extra (metrics...), and "files", naming the
+//                                    files below by role with their byte size and zlib CRC-32
 //   ckpt.step<N>.safetensors         model.state_dict() with its dotted names and nothing else, so
 //                                    safetensors.torch.load_file gives PyTorch a plain state dict
 //   ckpt.step<N>.optim.safetensors   optimizer->state_tensors() ("<param index>.<slot>"), when saved
 //                                    with an optimizer
+//   attached files                   other files the checkpoint depends on (a tokenizer), written by
+//                                    the caller beside the sidecar (CheckpointState::attached)
 // (".step<N>.alt" instead of ".step<N>" when step N is saved twice in a row: see below.)
 //
 // Crash safety. The sidecar is the commit record: a checkpoint is whatever the current ckpt.json
@@ -21,6 +23,7 @@
 // wrong) is an IOError, never a silently mixed state. One process per prefix at a time.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -37,6 +40,10 @@ struct CheckpointState {
   nlohmann::json rng;        // whatever the caller needs to resume its random streams (see generator_to_json)
   nlohmann::json extra;      // metrics snapshot and anything else the caller wants back
   std::string created;       // filled by load: UTC time of the save, "2025-01-31T12:00:00Z"
+  // role -> plain file name beside the sidecar (e.g. {"tokenizer", "tokenizer.json"}): files the caller
+  // wrote (atomically) before the save and does not change while a checkpoint names them. Save records
+  // their size and CRC-32; every load checks them. Filled by load.
+  std::map<std::string, std::string> attached;
 };
 
 // Writes a checkpoint as described above; `opt` may be null (weights only). Throws ValueError on
@@ -46,11 +53,16 @@ void save_checkpoint(const std::string& prefix, const Module& model, const Optim
 // Reads and checks the sidecar only (e.g. to build the model from its config before load_checkpoint).
 CheckpointState read_checkpoint_info(const std::string& prefix);
 
+// The bytes of the file attached under `role`, checked against the sidecar's record: IOError naming the
+// file when the sidecar records none, or it is missing or changed.
+std::string read_attached_file(const std::string& prefix, const std::string& role);
+
 // Loads weights into `model` (strict: the names and shapes must match exactly) and, when `opt` is
-// given, the optimizer state (an IOError if the checkpoint has none). Every file is read and
-// checked against the sidecar before anything is modified; a missing, truncated or altered file is
-// an IOError, weights that do not fit the model a ValueError/ShapeError, and either way the model
-// is left unchanged (and the optimizer too, as long as its load_state validates before it writes).
+// given, the optimizer state (an IOError if the checkpoint has none). Every file, attached ones
+// included, is read and checked against the sidecar before anything is modified; a missing,
+// truncated or altered file is an IOError, weights that do not fit the model a ValueError/ShapeError,
+// and either way the model is left unchanged (and the optimizer too, as long as its load_state
+// validates before it writes).
 CheckpointState load_checkpoint(const std::string& prefix, Module& model, Optimizer* opt);
 
 // A generator's full state as {"seed", "stream", "offset"}, and back (ValueError on a bad object).

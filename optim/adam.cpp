@@ -86,9 +86,15 @@ StateDict Adam::state_tensors() const {
 }
 
 nlohmann::json Adam::state_json() const {
-  return {{"name", name()},           {"step", t_},   {"lr", options_.lr},
-          {"beta1", options_.beta1},  {"beta2", options_.beta2}, {"eps", options_.eps},
-          {"weight_decay", options_.weight_decay}, {"num_params", params_.size()}};
+  return {{"name", name()},
+          {"step", t_},
+          {"lr", options_.lr},
+          {"beta1", options_.beta1},
+          {"beta2", options_.beta2},
+          {"eps", options_.eps},
+          {"weight_decay", options_.weight_decay},
+          {"num_params", params_.size()},
+          {"stateful_params", stateful_params_json(m_)}};
 }
 
 void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
@@ -106,14 +112,13 @@ void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
     o.eps = s.at("eps").get<double>();
     o.weight_decay = s.at("weight_decay").get<double>();
     validate(o);
+    const std::vector<bool> has = stateful_params("Adam::load_state", tensors, s, {"exp_avg", "exp_avg_sq"});
     std::vector<Tensor> m(params_.size()), v(params_.size());
     for (size_t i = 0; i < params_.size(); ++i) {
+      if (!has[i]) continue;  // never updated
       auto a = tensors.find(std::to_string(i) + ".exp_avg"), b = tensors.find(std::to_string(i) + ".exp_avg_sq");
-      if (a == tensors.end() && b == tensors.end()) continue;  // never updated
-      if (a == tensors.end() || b == tensors.end() || a->second.shape() != params_[i].shape() ||
-          b->second.shape() != params_[i].shape())
-        fail<ValueError>("Adam::load_state", "moments of parameter ", i, " are missing or do not match ",
-                         describe(params_[i]));
+      if (a->second.shape() != params_[i].shape() || b->second.shape() != params_[i].shape())
+        fail<ValueError>("Adam::load_state", "moments of parameter ", i, " do not match ", describe(params_[i]));
       m[i] = a->second.to(params_[i].dtype()).contiguous().clone();
       v[i] = b->second.to(params_[i].dtype()).contiguous().clone();
     }

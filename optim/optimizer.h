@@ -2,6 +2,7 @@
 // that schedules can set, and a state (per-parameter slot tensors + step count + hyper-parameters)
 // that checkpoints save and restore so a resumed run continues exactly.
 #pragma once
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -32,6 +33,15 @@ class Optimizer {
 
  protected:
   explicit Optimizer(std::vector<Tensor> params) : params_(std::move(params)) {}
+
+  // The state records which parameters have slot tensors ("stateful_params": their indices), so that
+  // load_state can refuse a state that lost a tensor instead of silently restarting its moments.
+  static nlohmann::json stateful_params_json(const std::vector<Tensor>& first_slot);
+  // Which parameters the saved state has slots for, after checking that `tensors` holds exactly
+  // "<i>.<slot>" for each of them and every slot name: ValueError naming the missing or unexpected tensor.
+  std::vector<bool> stateful_params(const char* op, const StateDict& tensors, const nlohmann::json& scalars,
+                                    std::initializer_list<const char*> slots) const;
+
   std::vector<Tensor> params_;
 };
 

@@ -79,7 +79,8 @@ nlohmann::json SGD::state_json() const {
           {"lr", options_.lr},
           {"momentum", options_.momentum},
           {"nesterov", options_.nesterov},
-          {"weight_decay", options_.weight_decay}};
+          {"weight_decay", options_.weight_decay},
+          {"stateful_params", stateful_params_json(momentum_buffers_)}};
 }
 
 void SGD::load_state(const StateDict& tensors, const nlohmann::json& scalars) {
@@ -100,16 +101,12 @@ void SGD::load_state(const StateDict& tensors, const nlohmann::json& scalars) {
   }
   check_options(o);
 
+  const std::vector<bool> has = stateful_params("SGD::load_state", tensors, scalars, {kSlot});
   std::vector<Tensor> buffers(params_.size());
-  for (const auto& [key, t] : tensors) {
-    size_t dot = key.find('.');
-    size_t i = 0;
-    bool ok = dot != std::string::npos && dot > 0 && dot <= 9 && key.substr(dot + 1) == kSlot &&
-              key.find_first_not_of("0123456789") == dot;
-    if (ok) i = std::stoul(key.substr(0, dot));
-    if (!ok || i >= params_.size())
-      fail<ValueError>("SGD::load_state", "unexpected slot '", key, "' for ", params_.size(),
-                       " parameters (expected '<index>.", kSlot, "')");
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!has[i]) continue;
+    const std::string key = std::to_string(i) + "." + kSlot;
+    const Tensor& t = tensors.at(key);
     if (!t.defined() || t.shape() != params_[i].shape() || t.dtype() != params_[i].dtype())
       fail<ValueError>("SGD::load_state", "slot '", key, "' is ", describe(t), " but parameter ", i, " is ",
                        describe(params_[i]));

@@ -1,7 +1,6 @@
 // safetensors files (bit-exact round trips, the byte layout of the spec, rejection of corrupted
 // files) and training checkpoints (round trip of a model and optimizer, interrupted saves).
 #include <doctest/doctest.h>
-
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +18,8 @@
 #include "core/safetensors.h"
 #include "layers/checkpoint.h"
 #include "layers/transformer.h"
+#include "optim/adam.h"
+#include "optim/sgd.h"
 #include "tests/support.h"
 
 using namespace attnlab;
@@ -124,8 +125,7 @@ TEST_CASE("safetensors: round trip is bit-exact for f32, f64, i64 and b8, 0-d, e
 
 TEST_CASE("safetensors: metadata round trip") {
   TempDir dir;
-  std::map<std::string, std::string> meta = {
-      {"format", "pt"}, {"step", "12"}, {"empty", ""}, {"unicode", "λ → ∞"}};
+  std::map<std::string, std::string> meta = {{"format", "pt"}, {"step", "12"}, {"empty", ""}, {"unicode", "λ → ∞"}};
   save_safetensors(dir.file("m.safetensors"), {{"x", ones({2})}}, meta);
   SafetensorsFile f = load_safetensors(dir.file("m.safetensors"));
   CHECK(f.metadata == meta);
@@ -198,7 +198,9 @@ TEST_CASE("safetensors: corrupted files are rejected with an IOError naming the 
   for (size_t cut : {size_t(0), size_t(4), size_t(7), size_t(8), size_t(8 + n / 2), size_t(8 + n), good.size() - 1})
     cases.push_back({"truncated to " + std::to_string(cut) + " bytes",
                      Bytes(good.begin(), good.begin() + std::ptrdiff_t(cut)),
-                     cut < 8 ? "too short" : cut < 8 + n ? "exceeds" : "do not lie within"});
+                     cut < 8       ? "too short"
+                     : cut < 8 + n ? "exceeds"
+                                   : "do not lie within"});
   Bytes huge = good;
   set_header_length(huge, uint64_t(1) << 63);
   cases.push_back({"header length 2^63", huge, "100 MB"});
@@ -219,16 +221,21 @@ TEST_CASE("safetensors: corrupted files are rejected with an IOError naming the 
   cases.push_back({"negative dim", edit([](auto& h) { h["w"]["shape"] = {-2, -3}; }), "non-negative integers"});
   cases.push_back({"fractional dim", edit([](auto& h) { h["w"]["shape"] = {2.0, 3}; }), "non-negative integers"});
   cases.push_back({"shape not an array", edit([](auto& h) { h["w"]["shape"] = "2x3"; }), "not an array"});
-  cases.push_back(
-      {"enormous empty shape", edit([](auto& h) { h["w"]["shape"] = {1ull << 40, 1ull << 40, 0}; }), "too large"});
-  cases.push_back({"offsets past the buffer",
-                   edit([](auto& h) { h["mask"]["data_offsets"] = {48, 60}; }), "do not lie within"});
-  cases.push_back(
-      {"offsets reversed", edit([](auto& h) { h["w"]["data_offsets"] = {48, 24}; }), "end before they begin"});
+  cases.push_back({"enormous empty shape", edit([](auto& h) {
+                     h["w"]["shape"] = {1ull << 40, 1ull << 40, 0};
+                   }),
+                   "too large"});
+  cases.push_back({"offsets past the buffer", edit([](auto& h) {
+                     h["mask"]["data_offsets"] = {48, 60};
+                   }),
+                   "do not lie within"});
+  cases.push_back({"offsets reversed", edit([](auto& h) {
+                     h["w"]["data_offsets"] = {48, 24};
+                   }),
+                   "end before they begin"});
   cases.push_back({"offsets not a pair", edit([](auto& h) { h["w"]["data_offsets"] = {24}; }), "pair"});
   cases.push_back({"negative offset", edit([](auto& h) { h["w"]["data_offsets"] = {-24, 0}; }), "pair"});
-  cases.push_back({"overlapping offsets",
-                   edit([](auto& h) {
+  cases.push_back({"overlapping offsets", edit([](auto& h) {
                      h["s"]["data_offsets"] = {8, 16};  // inside ids
                    }),
                    "overlaps"});
@@ -238,7 +245,11 @@ TEST_CASE("safetensors: corrupted files are rejected with an IOError naming the 
   Bytes gap_buffer = buffer;
   gap_buffer.insert(gap_buffer.begin() + 48, {0, 0, 0, 0});  // 4 stray bytes before mask
   cases.push_back({"gap in the buffer",
-                   with_header([](auto& h) { h["mask"]["data_offsets"] = {52, 55}; }, gap_buffer),
+                   with_header(
+                       [](auto& h) {
+                         h["mask"]["data_offsets"] = {52, 55};
+                       },
+                       gap_buffer),
                    "belong to no tensor"});
   Bytes trailing = good;
   trailing.push_back(0);
@@ -578,4 +589,85 @@ TEST_CASE("checkpoint: weights or optimizer state that do not fit leave the mode
   CHECK_THROWS_AS(save_checkpoint(dir.path.string() + "/", m, nullptr, st), ValueError);
   st.step = -1;
   CHECK_THROWS_AS(save_checkpoint(prefix, m, nullptr, st), ValueError);
+}
+
+TEST_CASE("checkpoint: attached files are committed to like the weights (missing or changed: IOError)") {
+  TempDir dir;
+  const std::string prefix = dir.file("ck");
+  CausalLM m(small_config(1));
+  write_file(dir.file("vocab.json"), "{\"v\": 1}\n");
+  CheckpointState st;
+  st.attached = {{"vocab", "vocab.json"}};
+  save_checkpoint(prefix, m, nullptr, st);
+  const nlohmann::json sidecar = nlohmann::json::parse(read_bytes(prefix + ".json"));
+  CHECK(sidecar["files"]["vocab"] == nlohmann::json{{"name", "vocab.json"}, {"bytes", 9}, {"crc32", 0xfe3e03bau}});
+  CHECK(read_attached_file(prefix, "vocab") == "{\"v\": 1}\n");
+  CHECK(read_checkpoint_info(prefix).attached == st.attached);
+  CHECK(dir.names() == std::vector<std::string>{"ck.json", "ck.step0.safetensors", "vocab.json"});  // kept
+
+  CausalLM back(small_config(2));
+  write_file(dir.file("vocab.json"), "{\"v\": 2}\n");  // same size, other bytes
+  CHECK_THROWS_WITH_AS(read_attached_file(prefix, "vocab"), doctest::Contains("vocab.json has 9 bytes and CRC-32"),
+                       IOError);
+  CHECK_THROWS_WITH_AS(load_checkpoint(prefix, back, nullptr), doctest::Contains("vocab.json"), IOError);
+  fs::remove(dir.file("vocab.json"));
+  CHECK_THROWS_WITH_AS(read_attached_file(prefix, "vocab"), doctest::Contains("vocab.json cannot be read"), IOError);
+  CHECK_THROWS_WITH_AS(read_attached_file(prefix, "tokenizer"), doctest::Contains("records no tokenizer file"),
+                       IOError);
+
+  // Saving needs the file, a plain name that is not the checkpoint's own, and a role of its own.
+  const Bytes before = read_bytes(prefix + ".json");
+  CHECK_THROWS_WITH_AS(save_checkpoint(prefix, m, nullptr, st), doctest::Contains("vocab.json cannot be read"),
+                       IOError);
+  CHECK(read_bytes(prefix + ".json") == before);
+  write_file(dir.file("vocab.json"), "{}");
+  for (auto bad : std::vector<std::map<std::string, std::string>>{
+           {{"model", "vocab.json"}}, {{"v", "../vocab.json"}}, {{"v", "ck.json"}}, {{"v", "ck.step0.safetensors"}}}) {
+    st.attached = bad;
+    CHECK_THROWS_AS(save_checkpoint(prefix, m, nullptr, st), ValueError);
+  }
+}
+
+TEST_CASE("checkpoint: an optimizer state that lost a tensor is refused, naming it") {
+  TempDir dir;
+  const std::string prefix = dir.file("ck");
+  CausalLM m(small_config(1));
+  Adam adam(m.parameters(), adamw_options(0.01));
+  m.loss(sample_ids(), sample_ids()).backward();
+  adam.step();
+  save_checkpoint(prefix, m, &adam, {});
+
+  // The optimizer file rewritten without parameter 1's moments, the sidecar updated to match (as a
+  // tool or a hand edit would): the CRC cannot catch this, the optimizer must.
+  StateDict slots = adam.state_tensors();
+  slots.erase("1.exp_avg");
+  slots.erase("1.exp_avg_sq");
+  nlohmann::json sidecar = nlohmann::json::parse(read_bytes(prefix + ".json"));
+  const std::string optim_file = dir.file(sidecar["files"]["optimizer"]["name"].get<std::string>());
+  FileDigest d = save_safetensors(optim_file, slots);
+  sidecar["files"]["optimizer"]["bytes"] = d.bytes;
+  sidecar["files"]["optimizer"]["crc32"] = d.crc32;
+  write_file(prefix + ".json", sidecar.dump());
+
+  CausalLM back(small_config(2));
+  const StateDict before = snapshot(back.state_dict());
+  Adam fresh(back.parameters(), adamw_options(0.01));
+  CHECK_THROWS_WITH_AS(load_checkpoint(prefix, back, &fresh), doctest::Contains("no tensor '1.exp_avg'"), ValueError);
+  CHECK(same_state(back.state_dict(), before));
+  CHECK(fresh.state_tensors().empty());
+
+  // SGD likewise; a parameter that never had a gradient legitimately has no buffer.
+  Tensor p = ones({2}).set_requires_grad(), unused = ones({2}).set_requires_grad();
+  SGD sgd({p, unused}, {.lr = 0.1, .momentum = 0.9});
+  p.set_grad(ones({2}));
+  sgd.step();
+  REQUIRE(sgd.state_tensors().size() == 1);
+  SGD other({p, unused}, {.lr = 0.1, .momentum = 0.9});
+  CHECK_NOTHROW(other.load_state(sgd.state_tensors(), sgd.state_json()));
+  CHECK_THROWS_WITH_AS(other.load_state({}, sgd.state_json()), doctest::Contains("no tensor '0.momentum_buffer'"),
+                       ValueError);
+  nlohmann::json unlisted = sgd.state_json();
+  unlisted.erase("stateful_params");
+  CHECK_THROWS_WITH_AS(other.load_state(sgd.state_tensors(), unlisted), doctest::Contains("stateful_params"),
+                       ValueError);
 }

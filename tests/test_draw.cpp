@@ -18,15 +18,16 @@
 #include "autograd/grad_mode.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "datasets/tokenizer.h"
 #include "layers/checkpoint.h"
 #include "layers/transformer.h"
+#include "tests/support.h"
 #include "tools/colormap.h"
 #include "tools/draw.h"
 #include "tools/layer_io.h"
 #include "tools/plot.h"
 #include "tools/png.h"
 #include "tools/train_config.h"
-#include "tests/support.h"
 
 using namespace attnlab;
 using namespace attnlab::testing;
@@ -97,7 +98,7 @@ std::set<std::tuple<int, int, int>> colours(const Image& img) {
 
 bool has_colour(const Image& img, RGB c) { return colours(img).count({c.r, c.g, c.b}) > 0; }
 
-// A tiny trained-looking run directory: config.json, a checkpoint, no tokenizer.json (bytes).
+// A tiny trained-looking run directory: config.json, a byte tokenizer, a checkpoint committing to both.
 std::string make_run_dir(const TempDir& dir) {
   nlohmann::json cfg = {
       {"model", {{"vocab_size", 256}, {"d_model", 16}, {"n_layers", 2}, {"n_heads", 2}, {"d_ff", 32}, {"max_len", 24}}},
@@ -106,10 +107,12 @@ std::string make_run_dir(const TempDir& dir) {
   const std::string run = dir.file("run");
   fs::create_directories(run);
   std::ofstream(run + "/config.json") << cfg.dump(2);
+  write_file(run + "/tokenizer.json", tokenizer_to_json(ByteTokenizer()).dump());
   CausalLM model(ModelConfig::from_json(cfg["model"]));
   CheckpointState st;
-  st.config = model.config().to_json();
+  st.config = cfg;
   st.step = 7;
+  st.attached = {{"tokenizer", "tokenizer.json"}};
   save_checkpoint(run + "/checkpoint", model, nullptr, st);
   return run;
 }

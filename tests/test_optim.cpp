@@ -264,8 +264,13 @@ TEST_CASE("SGD load_state rejects state that does not fit, and changes nothing t
   rejects({{"1.momentum_buffer", buf}}, good, "a slot for a parameter that does not exist");
   rejects({{"0.exp_avg", buf}}, good, "an unknown slot name");
   rejects({{"x.momentum_buffer", buf}}, good, "a non-numeric index");
-  rejects({{"0.momentum_buffer", vec({1.0})}}, good, "a slot of the wrong shape");
-  rejects({{"0.momentum_buffer", from_vector(std::vector<float>{1, 1}, {2})}}, good, "a slot of the wrong dtype");
-  CHECK_NOTHROW(opt.load_state({{"0.momentum_buffer", buf}}, good));
+  rejects({{"0.momentum_buffer", buf}}, good, "a slot the state does not list");
+  nlohmann::json with_buffer = good;
+  with_buffer["stateful_params"] = {0};
+  rejects({}, with_buffer, "a listed slot that is missing");
+  rejects({{"0.momentum_buffer", vec({1.0})}}, with_buffer, "a slot of the wrong shape");
+  rejects({{"0.momentum_buffer", from_vector(std::vector<float>{1, 1}, {2})}}, with_buffer,
+          "a slot of the wrong dtype");
+  CHECK_NOTHROW(opt.load_state({{"0.momentum_buffer", buf}}, with_buffer));
   CHECK(opt.state_tensors().size() == 1);
 }

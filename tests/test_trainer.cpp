@@ -1,18 +1,20 @@
 // End-to-end training: a tiny LM overfits a fixed batch; a run resumed from its checkpoint gives
 // exactly the losses of an uninterrupted run; configs are validated.
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <unistd.h>
 
 #include "optim/adam.h"
+#include "tests/lm_run_support.h"
 #include "tools/lm_sample.h"
 #include "tools/lm_trainer.h"
 
 using namespace attnlab;
+using namespace attnlab::testing;
 namespace fs = std::filesystem;
 
 namespace {
@@ -21,29 +23,6 @@ std::string temp_dir(const std::string& name) {
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();
-}
-
-// A small corpus with structure a tiny model can pick up.
-std::string write_corpus(const std::string& dir) {
-  std::string text;
-  for (int i = 0; i < 400; ++i) text += "the quick brown fox " + std::to_string(i % 7) + " jumps over the lazy dog.\n";
-  std::string path = dir + "/corpus.txt";
-  std::ofstream(path) << text;
-  return path;
-}
-
-nlohmann::json tiny_config(const std::string& dir, const std::string& corpus) {
-  return {{"model", {{"d_model", 16}, {"n_layers", 1}, {"n_heads", 2}, {"d_ff", 32}, {"max_len", 32}, {"vocab_size", 64},
-                     {"dropout", 0.1}}},
-          {"data", {{"corpus", corpus}, {"tokenizer", "char"}, {"seq_len", 16}, {"batch_size", 4}}},
-          {"optim", {{"name", "adamw"}, {"lr", 0.01}, {"clip", 1.0}, {"schedule", {{"kind", "cosine"}, {"warmup_steps", 3}}}}},
-          {"steps", 12},
-          {"eval_interval", 5},
-          {"eval_tokens", 200},
-          {"checkpoint_interval", 6},
-          {"log_interval", 3},
-          {"seed", 4},
-          {"out_dir", dir + "/run"}};
 }
 }  // namespace
 

@@ -2,7 +2,7 @@
 #include <iostream>
 
 #include "tools/cli_common.h"
-#include "tools/lm_trainer.h"
+#include "tools/run_dir.h"
 
 using namespace attnlab;
 
@@ -21,13 +21,10 @@ int main(int argc, char** argv) {
     if (!args.has("run")) throw cli::UsageError("--run is required");
     std::string split = args.str("split", "test");
     if (split != "val" && split != "test") throw cli::UsageError("--split must be val or test");
-    TrainConfig cfg = TrainConfig::from_file(args.str("run") + "/config.json");
-    cfg.out_dir = args.str("run");
-    LMTrainer trainer(cfg, true, std::cout);
-    if (trainer.step() == 0) throw Error("no checkpoint in " + cfg.out_dir);
-    EvalResult r = trainer.evaluate(split, int64_t(args.num("tokens", 0)));
+    LoadedRun run = load_run(args.str("run"));
+    EvalResult r = evaluate_run(run, split, int64_t(args.num("tokens", 0)));
     std::cout << split << ": loss " << r.loss << " nats/token, " << r.bpc << " bpc over " << r.tokens
-              << " tokens (step " << trainer.step() << ")\n";
+              << " tokens (step " << run.step << ")\n";
     return 0;
   });
 }

@@ -1,10 +1,9 @@
 // attnlab sample --run DIR [--prompt TEXT] [--length N] [--temperature T] [--top-k K] [--seed S]
 #include <iostream>
 
-#include "layers/checkpoint.h"
 #include "tools/cli_common.h"
 #include "tools/lm_sample.h"
-#include "tools/lm_trainer.h"
+#include "tools/run_dir.h"
 
 using namespace attnlab;
 
@@ -27,11 +26,8 @@ int main(int argc, char** argv) {
     const int64_t top_k = int64_t(args.num("top-k", 0));
     if (length < 0 || !(temperature > 0) || top_k < 0)
       throw cli::UsageError("--length and --top-k must be >= 0 and --temperature > 0");
-    TrainConfig cfg = TrainConfig::from_file(dir + "/config.json");
-    CausalLM model(cfg.model);
-    load_checkpoint(dir + "/checkpoint", model, nullptr);
-    model.eval();
-    auto tok = load_tokenizer(dir);
+    LoadedRun run = load_run(dir);
+    auto& tok = run.tokenizer;
     std::vector<int64_t> ids = tok->encode(args.str("prompt", "\n"));
     if (ids.empty()) ids.push_back(0);
     Generator gen(uint64_t(args.num("seed", 0)), 11);
@@ -39,8 +35,9 @@ int main(int argc, char** argv) {
     opts.length = length;
     opts.temperature = temperature;
     opts.top_k = top_k;
+    opts.vocab_limit = tok->vocab_size();  // the model's vocabulary may be larger
     std::cout << args.str("prompt", "");
-    generate(model, ids, opts, gen, [&](int64_t id) { std::cout << tok->decode({id}) << std::flush; });
+    generate(*run.model, ids, opts, gen, [&](int64_t id) { std::cout << tok->decode({id}) << std::flush; });
     std::cout << "\n";
     return 0;
   });

@@ -9,11 +9,9 @@
 
 #include "autograd/grad_mode.h"
 #include "core/safetensors.h"
-#include "layers/checkpoint.h"
 #include "layers/transformer.h"
-#include "tools/lm_trainer.h"
 #include "tools/plot.h"
-#include "tools/train_config.h"
+#include "tools/run_dir.h"
 
 namespace attnlab {
 
@@ -236,29 +234,26 @@ Image draw_tensor(const Tensor& t, const std::string& title, const HeatmapStyle&
 
 HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& text, const std::string& internal) {
   const char* op = "draw";
-  TrainConfig cfg = TrainConfig::from_file(run_dir + "/config.json");
-  CausalLM model(cfg.model);
-  CheckpointState ck = load_checkpoint(run_dir + "/checkpoint", model, nullptr);
-  model.eval();
-  auto tok = load_tokenizer(run_dir);
-  std::vector<int64_t> ids = tok->encode(text);
+  LoadedRun run = load_run(run_dir);
+  const ModelConfig& mc = run.config.model;
+  std::vector<int64_t> ids = run.tokenizer->encode(text);
   if (ids.empty()) fail<ValueError>(op, "the text is empty");
-  if (int64_t(ids.size()) > cfg.model.max_len)
-    fail<ValueError>(op, "the text has ", ids.size(), " tokens but the model's max_len is ", cfg.model.max_len);
+  if (int64_t(ids.size()) > mc.max_len)
+    fail<ValueError>(op, "the text has ", ids.size(), " tokens but the model's max_len is ", mc.max_len);
   const int64_t T = int64_t(ids.size());
 
-  auto& blocks = model.trunk->blocks;
+  auto& blocks = run.model->trunk->blocks;
   for (auto& b : blocks) {
     b->attn->method->record_internals = true;
     b->attn->method->internals.clear();
   }
   {
     NoGradGuard ng;
-    model.forward(from_vector(ids, {1, T}));
+    run.model->forward(from_vector(ids, {1, T}));
   }
   HeatmapGrid g;
   g.rows = int64_t(blocks.size());
-  g.cols = cfg.model.n_heads;
+  g.cols = mc.n_heads;
   for (size_t l = 0; l < blocks.size(); ++l) {
     auto& m = *blocks[l]->attn->method;
     m.record_internals = false;
@@ -278,11 +273,11 @@ HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& te
   }
   for (int64_t h = 0; h < g.cols; ++h) g.col_labels.push_back("head " + std::to_string(h));
   std::vector<std::string> toks;
-  for (int64_t id : ids) toks.push_back(std::string(1, token_char(tok->decode({id}))));
+  for (int64_t id : ids) toks.push_back(std::string(1, token_char(run.tokenizer->decode({id}))));
   if (g.cells[0].size(0) == T) g.y_tokens = toks;
   if (g.cells[0].size(1) == T) g.x_tokens = toks;
   g.title = cat(fs::path(run_dir).filename().string().empty() ? run_dir : fs::path(run_dir).filename().string(),
-                " (step ", ck.step, "): ", internal, " on \"", shorten(text, 40), "\"");
+                " (step ", run.step, "): ", internal, " on \"", shorten(text, 40), "\"");
   return g;
 }
 
@@ -328,9 +323,12 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
   plot::Series bpc{"val bpc", {}, {}, RGB{214, 39, 40}, true, 1.5};
   std::string line;
   int64_t lineno = 0;
-  auto number = [](const nlohmann::json& row, const char* key, double& out) {
+  // A row is never skipped for a wrong type: the curve would silently miss it.
+  auto number = [&](const nlohmann::json& row, const char* key, double& out) {
     auto it = row.find(key);
-    if (it == row.end() || !it->is_number()) return false;
+    if (it == row.end()) return false;
+    if (!it->is_number())
+      fail<ValueError>("draw", path, ":", lineno, ": \"", key, "\" must be a number, got ", it->dump());
     out = it->get<double>();
     return true;
   };
@@ -344,7 +342,8 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
       fail<ValueError>("draw", path, ":", lineno, ": not valid JSON: ", e.what());
     }
     double step, v;
-    if (!row.is_object() || !number(row, "step", step)) continue;
+    if (!row.is_object()) fail<ValueError>("draw", path, ":", lineno, ": a row must be a JSON object, got ", line);
+    if (!number(row, "step", step)) continue;
     if (number(row, "train_loss", v)) train.x.push_back(step), train.y.push_back(v);
     if (number(row, "train_loss_ema", v)) ema.x.push_back(step), ema.y.push_back(v);
     if (number(row, "val_loss", v)) val.x.push_back(step), val.y.push_back(v);

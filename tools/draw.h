@@ -60,11 +60,11 @@ Image draw_heatmap_grid(const HeatmapGrid& grid, const HeatmapStyle& style = {},
 Image draw_tensor(const Tensor& t, const std::string& title, const HeatmapStyle& style = {},
                   HeatmapLayout* layout = nullptr);
 
-// Loads DIR/config.json, DIR/checkpoint and DIR's tokenizer, runs the model on `text` with
-// record_internals set on every layer's attention method, and collects internals[internal] of
-// every layer: grid rows = layers, columns = heads, tokens as axis labels. ValueError listing the
-// recorded keys when a method has no such entry; also when the text is empty or longer than the
-// model's max_len.
+// Loads DIR's checkpoint read-only (load_run: its recorded config, tokenizer and weights), runs the
+// model on `text` with record_internals set on every layer's attention method, and collects
+// internals[internal] of every layer: grid rows = layers, columns = heads, tokens as axis labels.
+// ValueError listing the recorded keys when a method has no such entry; also when the text is empty
+// or longer than the model's max_len.
 HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& text,
                                const std::string& internal = "attn");
 Image draw_run_attention(const std::string& run_dir, const std::string& text, const HeatmapStyle& style = {},

@@ -34,6 +34,11 @@ std::vector<int64_t> generate(const CausalLM& model, std::vector<int64_t> prompt
   if (prompt.empty()) fail<ValueError>("generate", "needs a non-empty prompt");
   if (opts.length < 0 || opts.top_k < 0)
     fail<ValueError>("generate", "length and top_k must be >= 0, got ", opts.length, " and ", opts.top_k);
+  const int64_t vocab = model.config().vocab_size;
+  if (opts.vocab_limit < 0 || opts.vocab_limit > vocab)
+    fail<ValueError>("generate", "vocab_limit must be in [0, ", vocab, "] (the model's vocab_size), got ",
+                     opts.vocab_limit);
+  const int64_t candidates = opts.vocab_limit > 0 ? opts.vocab_limit : vocab;
   NoGradGuard ng;
   const int64_t max_len = model.config().max_len;
   std::vector<int64_t> ids = std::move(prompt);
@@ -42,8 +47,9 @@ std::vector<int64_t> generate(const CausalLM& model, std::vector<int64_t> prompt
     std::vector<int64_t> ctx(ids.begin() + start, ids.end());
     Tensor logits = model.forward(from_vector(ctx, {1, int64_t(ctx.size())}));
     const double u = rand({}, DType::f64, &gen).item<double>();
-    const int64_t next = sample_logits(logits.select(1, -1).select(0, 0).to_vector<double>(), opts.temperature,
-                                       opts.top_k, u);
+    std::vector<double> last = logits.select(1, -1).select(0, 0).to_vector<double>();
+    last.resize(size_t(candidates));
+    const int64_t next = sample_logits(last, opts.temperature, opts.top_k, u);
     ids.push_back(next);
     if (on_token) on_token(next);
   }

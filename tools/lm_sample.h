@@ -8,9 +8,11 @@
 namespace attnlab {
 
 struct SampleOptions {
-  int64_t length = 200;       // tokens to generate
-  double temperature = 0.8;   // > 0; logits are divided by it
-  int64_t top_k = 0;          // keep the k most likely tokens (0: all)
+  int64_t length = 200;      // tokens to generate
+  double temperature = 0.8;  // > 0; logits are divided by it
+  int64_t top_k = 0;         // keep the k most likely tokens (0: all)
+  int64_t vocab_limit = 0;   // > 0: sample only ids below it, the tokenizer's size when the model's
+                             // vocabulary is larger (ids beyond it have no text)
 };
 
 // Returns `prompt` followed by `length` sampled tokens. The context fed to the model is the last

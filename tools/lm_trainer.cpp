@@ -10,7 +10,7 @@
 #include <iostream>
 #include <sstream>
 
-#include "autograd/grad_mode.h"
+#include "core/safetensors.h"
 #include "layers/checkpoint.h"
 #include "layers/functional.h"
 #include "optim/adam.h"
@@ -39,12 +39,6 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const std::vecto
   return std::make_unique<Adam>(params, o);
 }
 
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string& out_dir) {
-  std::string path = out_dir + "/tokenizer.json";
-  if (!fs::exists(path)) return std::make_unique<ByteTokenizer>();
-  return std::make_unique<CharTokenizer>(CharTokenizer::load(path));
-}
-
 namespace {
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "--:--";
@@ -58,23 +52,22 @@ std::string format_duration(double s) {
 }  // namespace
 
 LMTrainer::LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log) : cfg_(cfg), log_(log) {
-  fs::create_directories(cfg_.out_dir);
-  bool resuming = resume && fs::exists(checkpoint_prefix() + ".json");
-  // The data: a corpus split, a tokenizer (saved with the run: ids depend on it), token streams.
+  const std::string prefix = checkpoint_prefix();
+  // A resume without a checkpoint must not fall back to a fresh start: that overwrites the run.
+  if (resume && !fs::exists(prefix + ".json"))
+    fail<IOError>("train --resume", "there is no checkpoint to resume from (", prefix,
+                  ".json is missing); run without --resume to start a new run in ", cfg_.out_dir);
+  // The data: a corpus split, a tokenizer (the checkpoint's when resuming: ids depend on it), token streams.
   corpus_ = load_corpus(cfg_.data.corpus);
-  if (resuming) {
-    tokenizer_ = load_tokenizer(cfg_.out_dir);
+  if (resume) {
+    tokenizer_ = load_checkpoint_tokenizer(prefix);
   } else if (cfg_.data.tokenizer == "char") {
     auto tok = CharTokenizer::from_corpus(corpus_.train + corpus_.val + corpus_.test);
-    tok.save(cfg_.out_dir + "/tokenizer.json");
     tokenizer_ = std::make_unique<CharTokenizer>(std::move(tok));
   } else {
-    fs::remove(cfg_.out_dir + "/tokenizer.json");
     tokenizer_ = std::make_unique<ByteTokenizer>();
   }
-  if (tokenizer_->vocab_size() > cfg_.model.vocab_size)
-    fail<ValueError>("train", "the ", tokenizer_->name(), " tokenizer has ", tokenizer_->vocab_size(),
-                     " symbols but model.vocab_size is ", cfg_.model.vocab_size);
+  check_vocab_size(*tokenizer_, cfg_.model);
   val_tokens_ = tokenizer_->encode(corpus_.val);
   test_tokens_ = tokenizer_->encode(corpus_.test);
   batcher_ = std::make_unique<LMBatcher>(tokenizer_->encode(corpus_.train), cfg_.data.seq_len, cfg_.data.batch_size,
@@ -83,33 +76,31 @@ LMTrainer::LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log) : c
   opt_ = make_optimizer(cfg_.optim, model_->parameters());
   schedule_ = LRSchedule::from_json(cfg_.optim.schedule, cfg_.optim.lr, cfg_.steps);
 
-  if (resuming) {
-    CheckpointState st = load_checkpoint(checkpoint_prefix(), *model_, opt_.get());
+  if (resume) {
+    CheckpointState st = load_checkpoint(prefix, *model_, opt_.get());
     step_ = st.step;
     try {
       batcher_->set_offset(st.rng.at("batcher_offset").get<uint64_t>());
       model_->dropout_generator().set_offset(st.rng.at("dropout_offset").get<uint64_t>());
       train_seconds_ = st.extra.value("train_seconds", 0.0);
+      metrics_rows_ = st.extra.at("metrics_rows").get<int64_t>();
     } catch (const nlohmann::json::exception& e) {
-      fail<IOError>("train", "checkpoint ", checkpoint_prefix(), ".json lacks the data/dropout RNG offsets needed to "
-                    "resume exactly (", e.what(), ")");
+      fail<IOError>("train", "checkpoint ", prefix, ".json lacks the RNG offsets or the metrics row count needed ",
+                    "to resume exactly (", e.what(), ")");
     }
-    log_ << "resumed from " << checkpoint_prefix() << " at step " << step_ << "\n";
-    // Drop metrics rows from after the checkpoint: they belong to the interrupted run.
-    std::ifstream in(cfg_.out_dir + "/metrics.jsonl");
-    std::string line, kept;
-    while (std::getline(in, line)) {
-      auto row = nlohmann::json::parse(line, nullptr, false);
-      if (!row.is_discarded() && row.value("step", int64_t(0)) <= step_) kept += line + "\n";
-    }
-    std::ofstream(cfg_.out_dir + "/metrics.jsonl", std::ios::trunc) << kept;
+    // Rows after the checkpoint belong to the interrupted run (this run logs them again).
+    metrics_rows_ = cut_metrics_to_checkpoint(run_file(kRunMetricsFile), metrics_rows_, step_);
+    log_ << "resumed from " << prefix << " at step " << step_ << "\n";
   } else {
-    std::ofstream(cfg_.out_dir + "/metrics.jsonl", std::ios::trunc);
-    std::ofstream(cfg_.out_dir + "/config.json") << cfg_.source.dump(2) << "\n";
+    // Nothing is written before everything above has been validated.
+    fs::create_directories(cfg_.out_dir);
+    write_file_atomic(run_file(kRunTokenizerFile), tokenizer_to_json(*tokenizer_).dump(1) + "\n", "train");
+    write_file_atomic(run_file(kRunMetricsFile), "", "train");
+    write_file_atomic(run_file("config.json"), cfg_.source.dump(2) + "\n", "train");
   }
   log_ << "model: causal LM, " << cfg_.model.n_layers << " layers, d=" << cfg_.model.d_model << ", "
-       << cfg_.model.n_heads << " heads, attention " << cfg_.model.attention.dump() << ", "
-       << model_->num_parameters() << " parameters\n"
+       << cfg_.model.n_heads << " heads, attention " << cfg_.model.attention.dump() << ", " << model_->num_parameters()
+       << " parameters\n"
        << "data: " << corpus_.name << " (" << corpus_.train.size() << " / " << corpus_.val.size() << " / "
        << corpus_.test.size() << " bytes train/val/test), " << tokenizer_->name() << " tokenizer, vocab "
        << tokenizer_->vocab_size() << ", seq " << cfg_.data.seq_len << " x batch " << cfg_.data.batch_size << "\n";
@@ -117,10 +108,16 @@ LMTrainer::LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log) : c
 
 LMTrainer::~LMTrainer() = default;
 
-std::string LMTrainer::checkpoint_prefix() const { return cfg_.out_dir + "/checkpoint"; }
+std::string LMTrainer::checkpoint_prefix() const { return run_checkpoint_prefix(cfg_.out_dir); }
 
 void LMTrainer::log_metrics(const nlohmann::json& row) {
-  std::ofstream(cfg_.out_dir + "/metrics.jsonl", std::ios::app) << row.dump() << "\n";
+  const std::string path = run_file(kRunMetricsFile);
+  std::ofstream out(path, std::ios::app | std::ios::binary);
+  out << row.dump() << "\n";
+  out.close();
+  // A row the file lacks would make the next checkpoint's row count wrong.
+  if (!out) fail<IOError>("train", "appending a row to ", path, " failed");
+  ++metrics_rows_;
 }
 
 void LMTrainer::save() {
@@ -129,30 +126,15 @@ void LMTrainer::save() {
   st.config["model"] = cfg_.model.to_json();
   st.step = step_;
   st.rng = {{"batcher_offset", batcher_->offset()}, {"dropout_offset", model_->dropout_generator().offset()}};
-  st.extra = {{"train_seconds", train_seconds_}, {"tokenizer", tokenizer_->name()}};
+  st.extra = {{"train_seconds", train_seconds_}, {"tokenizer", tokenizer_->name()}, {"metrics_rows", metrics_rows_}};
+  st.attached = {{"tokenizer", kRunTokenizerFile}};
+  sync_file(run_file(kRunMetricsFile));  // the rows the checkpoint commits to are on disk before it
   save_checkpoint(checkpoint_prefix(), *model_, opt_.get(), st);
 }
 
 EvalResult LMTrainer::evaluate(const std::string& split, int64_t max_tokens) {
-  const std::vector<int64_t>& all = split == "test" ? test_tokens_ : val_tokens_;
-  std::vector<int64_t> toks = all;
-  if (max_tokens > 0 && int64_t(toks.size()) > max_tokens + 1) toks.resize(size_t(max_tokens + 1));
-  LMEvalBatches batches(toks, cfg_.data.seq_len, cfg_.data.batch_size);
-  NoGradGuard ng;
-  model_->eval();
-  double total = 0;
-  int64_t count = 0;
-  LMBatch b;
-  while (batches.next(b)) {
-    int64_t n = b.target.numel();
-    total += model_->loss(b.input, b.target).item<double>() * double(n);
-    count += n;
-  }
+  EvalResult r = evaluate_lm(*model_, split == "test" ? test_tokens_ : val_tokens_, cfg_.data, max_tokens);
   model_->train();
-  EvalResult r;
-  r.tokens = count;
-  r.loss = count ? total / double(count) : 0;
-  r.bpc = bits_per_character(r.loss);
   return r;
 }
 
@@ -211,8 +193,12 @@ std::vector<double> LMTrainer::run(int64_t stop_at) {
       } else {
         log_ << line.str() << "\n" << std::flush;
       }
-      log_metrics({{"step", step_}, {"train_loss", lv}, {"train_loss_ema", ema}, {"lr", opt_->lr()},
-                   {"tokens_per_s", tps}, {"elapsed_s", train_seconds_}});
+      log_metrics({{"step", step_},
+                   {"train_loss", lv},
+                   {"train_loss_ema", ema},
+                   {"lr", opt_->lr()},
+                   {"tokens_per_s", tps},
+                   {"elapsed_s", train_seconds_}});
       window_s = 0;
       window_tokens = 0;
     }
@@ -220,7 +206,8 @@ std::vector<double> LMTrainer::run(int64_t stop_at) {
       EvalResult r = evaluate("val", cfg_.eval_tokens);
       if (tty) log_ << "\n";
       log_ << "  eval step " << step_ << ": val loss " << std::setprecision(4) << r.loss << ", val bpc " << r.bpc
-           << " (" << r.tokens << " tokens)\n" << std::flush;
+           << " (" << r.tokens << " tokens)\n"
+           << std::flush;
       log_metrics({{"step", step_}, {"val_loss", r.loss}, {"val_bpc", r.bpc}, {"elapsed_s", train_seconds_}});
     }
     if (step_ % cfg_.checkpoint_interval == 0) save();

@@ -9,19 +9,15 @@
 #include "datasets/tokenizer.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
+#include "tools/run_dir.h"
 #include "tools/train_config.h"
 
 namespace attnlab {
 
-struct EvalResult {
-  double loss = 0;  // nats per token
-  double bpc = 0;   // bits per character (= per token for char/byte tokenizers)
-  int64_t tokens = 0;
-};
-
 class LMTrainer {
  public:
-  // resume: continue from out_dir/checkpoint if it exists (a fresh start otherwise).
+  // resume: continue from out_dir's checkpoint (IOError when there is none); otherwise start afresh,
+  // writing config.json, tokenizer.json and an empty metrics.jsonl (tools/run_dir.h).
   LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log);
   ~LMTrainer();
 
@@ -38,6 +34,7 @@ class LMTrainer {
 
  private:
   void log_metrics(const nlohmann::json& row);
+  std::string run_file(const char* name) const { return cfg_.out_dir + "/" + name; }
   TrainConfig cfg_;
   std::ostream& log_;
   TextCorpus corpus_;
@@ -49,11 +46,10 @@ class LMTrainer {
   LRSchedule schedule_;
   int64_t step_ = 0;
   double train_seconds_ = 0;  // accumulated over resumes
+  int64_t metrics_rows_ = 0;  // rows in metrics.jsonl, which the next checkpoint commits to
 };
 
 // Builds the optimizer a config names over `params`.
 std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const std::vector<Tensor>& params);
-// Loads the tokenizer a run directory saved (char vocabulary or byte).
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string& out_dir);
 
 }  // namespace attnlab
