@@ -18,6 +18,10 @@
 
 namespace attnlab {
 
+// What the non-finite stops suggest: anomaly mode names the first op that made the value.
+constexpr const char* kAnomalyHint =
+    "To find the op that made it, rerun with --detect-anomaly (add --resume to start from the last checkpoint)";
+
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
@@ -160,11 +164,12 @@ std::vector<double> LMTrainer::run(int64_t stop_at) {
     const double lv = loss.item<double>();
     if (!std::isfinite(lv))
       fail<ValueError>("train", "the loss became ", lv, " at step ", step_,
-                       "; lower optim.lr or enable optim.clip (the last checkpoint is intact)");
+                       "; lower optim.lr or enable optim.clip (the last checkpoint is intact). ", kAnomalyHint);
     loss.backward();
     if (cfg_.optim.clip > 0) {
       double norm = clip_grad_norm(opt_->params(), cfg_.optim.clip);
-      if (!std::isfinite(norm)) fail<ValueError>("train", "the gradient norm became ", norm, " at step ", step_);
+      if (!std::isfinite(norm))
+        fail<ValueError>("train", "the gradient norm became ", norm, " at step ", step_, ". ", kAnomalyHint);
     }
     opt_->step();
     ++step_;
