@@ -16,15 +16,8 @@ using attnlab::testing::message_of;
 
 namespace {
 ModelConfig tiny(const char* attention_impl) {
-  ModelConfig c;
-  c.vocab_size = 11;
-  c.d_model = 8;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.d_ff = 16;
-  c.max_len = 8;
-  c.attention = {{"type", "softmax"}, {"impl", attention_impl}};
-  return c;
+  return {.vocab_size = 11, .d_model = 8, .n_layers = 2, .n_heads = 2, .d_ff = 16, .max_len = 8,
+          .attention = {{"type", "softmax"}, {"impl", attention_impl}}};
 }
 
 Tensor ids_for(int64_t B, int64_t T) {

@@ -151,15 +151,8 @@ TEST_CASE("a training step's tape holds registered ops only") {
   for (const char* type : {"softmax", "local"})
     for (const char* impl : {"fused", "composite"}) {
       INFO("attention ", type, " ", impl);
-      ModelConfig c;
-      c.vocab_size = 13;
-      c.d_model = 8;
-      c.n_layers = 2;
-      c.n_heads = 2;
-      c.d_ff = 16;
-      c.max_len = 8;
-      c.dropout = 0.1;
-      c.attention = {{"type", type}, {"impl", impl}};
+      ModelConfig c{.vocab_size = 13, .d_model = 8, .n_layers = 2, .n_heads = 2, .d_ff = 16, .max_len = 8,
+                    .dropout = 0.1, .attention = {{"type", type}, {"impl", impl}}};
       if (std::string(type) == "local") c.attention["block"] = 3;
       CausalLM lm(c);
       std::vector<double> v;
