@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <ostream>
 
 #include "attention/attention.h"
 #include "autograd/grad_mode.h"
+#include "core/config.h"
 #include "tools/cli_common.h"
+#include "tools/train_config.h"
 
 namespace attnlab {
 
@@ -45,70 +48,38 @@ AuditSpec AuditSpec::from_json(const nlohmann::json& j, const std::string& layer
   if (!j.is_object()) fail<ValueError>(kOp, "expected a JSON object, got ", j.dump());
   AuditSpec s;
   s.source = j;
-  nlohmann::json model = nlohmann::json::object();
   s.training_config = j.contains("model") && (j.contains("data") || j.contains("optim") || j.contains("steps"));
-  try {
-    if (s.training_config) {
-      model = j["model"];
-      if (!model.is_object()) fail<ValueError>(kOp, "'model' must be an object, got ", model.dump());
-    } else {
-      static const std::vector<std::string> own = {"layer", "model",   "batch", "seq_len", "causal", "padding",
-                                                   "seed",  "entries", "eps",   "atol",    "rtol",   "comment"};
-      for (auto& [key, value] : j.items())
-        if (!contains(own, key) && !contains(model_keys(), key))
-          fail<ValueError>(kOp, "unknown key '", key, "' (known: ", join(own), ", and the model keys ",
-                           join(model_keys()), ")");
-      model = {{"vocab_size", 11}, {"d_model", 8}, {"n_layers", 1}, {"n_heads", 2}, {"max_len", 16}};
-      if (j.contains("model")) {
-        if (!j["model"].is_object()) fail<ValueError>(kOp, "'model' must be an object, got ", j["model"].dump());
-        for (auto& [key, value] : j["model"].items()) model[key] = value;
-      }
-      for (const std::string& key : model_keys()) {
-        if (!j.contains(key)) continue;
-        if (j.contains("model") && j["model"].contains(key))
-          fail<ValueError>(kOp, "'", key, "' is given both at the top level and in 'model'");
-        model[key] = j[key];
-      }
-      if (j.contains("seed") && !model.contains("seed")) model["seed"] = j["seed"];
-      // d_ff follows d_model unless given (ModelConfig's rule, applied to the tiny default too).
-      if (!model.contains("d_ff") && model.contains("d_model") && model["d_model"].is_number_integer())
-        model["d_ff"] = 4 * model["d_model"].get<int64_t>();
-      auto get_int = [&](const char* key, int64_t dflt, int64_t lo) {
-        if (!j.contains(key)) return dflt;
-        if (!j[key].is_number_integer() || j[key].get<int64_t>() < lo)
-          fail<ValueError>(kOp, "'", key, "' must be an integer >= ", lo, ", got ", j[key].dump());
-        return j[key].get<int64_t>();
-      };
-      auto get_bool = [&](const char* key, bool dflt) {
-        if (!j.contains(key)) return dflt;
-        if (!j[key].is_boolean()) fail<ValueError>(kOp, "'", key, "' must be true or false, got ", j[key].dump());
-        return j[key].get<bool>();
-      };
-      auto get_num = [&](const char* key, double dflt) {
-        if (!j.contains(key)) return dflt;
-        if (!j[key].is_number() || !(j[key].get<double>() >= 0))
-          fail<ValueError>(kOp, "'", key, "' must be a non-negative number, got ", j[key].dump());
-        return j[key].get<double>();
-      };
-      s.batch = get_int("batch", s.batch, 1);
-      s.seq_len = get_int("seq_len", s.seq_len, 1);
-      s.causal = get_bool("causal", s.causal);
-      s.padding = get_bool("padding", s.padding);
-      s.seed = uint64_t(get_int("seed", 0, 0));
-      s.options.entries = get_int("entries", s.options.entries, 0);
-      s.options.eps = get_num("eps", s.options.eps);
-      s.options.atol = get_num("atol", s.options.atol);
-      s.options.rtol = get_num("rtol", s.options.rtol);
-      if (!(s.options.eps > 0)) fail<ValueError>(kOp, "'eps' must be positive");
-      if (j.contains("layer")) {
-        if (!j["layer"].is_string()) fail<ValueError>(kOp, "'layer' must be a string, got ", j["layer"].dump());
-        s.layer = j["layer"].get<std::string>();
-      }
+  if (s.training_config) {
+    s.model = TrainConfig::from_json(j).model;  // the whole training config is checked
+  } else {
+    ConfigSection c(j, "");
+    s.layer = c.choice("layer", "", audit_layer_names());
+    s.batch = c.integer("batch", s.batch, 1, kMaxBatch);
+    s.seq_len = c.integer("seq_len", s.seq_len, 1, kMaxLen);
+    s.causal = c.boolean("causal", s.causal);
+    s.padding = c.boolean("padding", s.padding);
+    s.seed = c.seed("seed", s.seed);
+    s.options.entries = c.integer("entries", s.options.entries, 0, std::numeric_limits<int64_t>::max());
+    s.options.eps = c.number("eps", s.options.eps, NumberRange::above(0));
+    s.options.atol = c.number("atol", s.options.atol, NumberRange::at_least(0));
+    s.options.rtol = c.number("rtol", s.options.rtol, NumberRange::at_least(0));
+    c.string("comment", "");
+    // The tiny defaults, then the "model" section, then model keys given at the top level.
+    nlohmann::json model = {{"vocab_size", 11}, {"d_model", 8}, {"n_layers", 1}, {"n_heads", 2}, {"max_len", 16}};
+    const nlohmann::json nested = c.object("model");
+    for (auto& [key, value] : nested.items()) model[key] = value;
+    bool top_level_keys = false;
+    for (const std::string& key : model_keys()) {
+      const nlohmann::json* v = c.value(key);
+      if (!v) continue;
+      if (nested.contains(key)) c.fail(key, "given both at the top level and in 'model'");
+      model[key] = *v;
+      top_level_keys = true;
     }
-  } catch (const nlohmann::json::exception& e) {
-    fail<ValueError>(kOp, "wrong value type: ", e.what());
+    c.finish();
+    if (c.has("seed") && !model.contains("seed")) model["seed"] = s.seed;
+    s.model = ModelConfig::from_json(model, top_level_keys ? "" : "model");
   }
-  s.model = ModelConfig::from_json(model);
   if (!layer.empty()) s.layer = layer;
   if (s.layer.empty()) {
     if (!j.contains("model") && !s.training_config)
@@ -118,7 +89,7 @@ AuditSpec AuditSpec::from_json(const nlohmann::json& j, const std::string& layer
   if (!contains(audit_layer_names(), s.layer))
     fail<ValueError>(kOp, "unknown layer '", s.layer, "' (known: ", join(audit_layer_names()), ")");
   if (s.seq_len > s.model.max_len)
-    fail<ValueError>(kOp, "seq_len ", s.seq_len, " exceeds the model's max_len ", s.model.max_len);
+    fail<ValueError>("config", "seq_len: ", s.seq_len, " exceeds the model's max_len ", s.model.max_len);
   return s;
 }
 
