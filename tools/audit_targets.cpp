@@ -253,83 +253,68 @@ AuditTarget make_audit_target(const AuditSpec& spec) {
 
 namespace {
 
-const char* kUsage =
-    "usage: attnlab audit --config FILE.json [--layer NAME] [--json OUT.json] [--entries K] [--all]\n"
-    "                     [--eps E] [--atol A] [--rtol R]\n"
+const char* kDescription =
     "  Runs a model or one layer on a tiny seeded float64 input and walks its tape node by node in\n"
     "  backward order: per node the op, its input and output shapes, a summary of its forward value, and\n"
     "  per input the gradient its backward produced against a central finite difference of the loss\n"
     "  with respect to that input. Stops at the first node whose backward disagrees (that node is the\n"
     "  broken one) unless --all.\n"
-    "    --config FILE   an audit config (configs/audit/*.json) or a training config, whose \"model\" is audited\n"
-    "    --layer NAME    what to audit, overriding the config: linear, layer_norm, mlp, attention, mha,\n"
-    "                    block, causal_lm, classifier\n"
-    "    --json OUT      also write the whole trace as JSON\n"
-    "    --entries K     entries checked per input tensor (default 6: the largest |gradient| ones and\n"
-    "                    seeded random ones; 0: every entry)\n"
-    "    --eps E         finite-difference step (default 1e-6)\n"
-    "    --atol A        an entry passes when |analytic - numeric| <= A + R |numeric| (default 1e-6)\n"
-    "    --rtol R        (default 1e-4)\n"
-    "    --all           keep checking after the first disagreement\n"
     "  Exit status: 0 every node agrees, 1 a node disagrees (or an error), 2 bad usage.\n"
-    "  Method and output: docs/audit.md.\n";
+    "  Method and output: docs/audit.md.";
 
 }  // namespace
 
 int audit_main(const std::vector<std::string>& arg_list, std::ostream& out, std::ostream& err, bool ansi) {
-  try {
-    std::vector<std::string> storage = {"attnlab-audit"};
-    storage.insert(storage.end(), arg_list.begin(), arg_list.end());
-    std::vector<char*> argv;
-    for (std::string& s : storage) argv.push_back(s.data());
-    cli::Args args(int(argv.size()), argv.data(), {"config", "layer", "json", "entries", "eps", "atol", "rtol"},
-                   {"all"});
-    if (args.flag("help")) {
-      out << kUsage;
-      return 0;
-    }
-    if (!args.positional.empty()) throw cli::UsageError("unexpected argument '" + args.positional[0] + "'");
-    if (!args.has("config")) throw cli::UsageError("--config is required");
-    const std::string layer = args.str("layer");
-    if (!layer.empty() && !contains(audit_layer_names(), layer))
-      throw cli::UsageError(cat("unknown layer '", layer, "' (known: ", join(audit_layer_names()), ")"));
-    auto integer = [&](const char* name, double v, double lo) {
-      if (v != std::floor(v) || v < lo) throw cli::UsageError(cat("--", name, " expects an integer >= ", lo));
-      return int64_t(v);
-    };
-    AuditSpec spec = AuditSpec::from_file(args.str("config"), layer);
-    AuditOptions opts = spec.options;
-    opts.entries = integer("entries", args.num("entries", double(opts.entries)), 0);
-    opts.eps = args.num("eps", opts.eps);
-    opts.atol = args.num("atol", opts.atol);
-    opts.rtol = args.num("rtol", opts.rtol);
+  cli::Command cmd("attnlab audit",
+                   "usage: attnlab audit --config FILE.json [--layer NAME] [--json OUT.json] [--entries K] [--all]\n"
+                   "                     [--eps E] [--atol A] [--rtol R]\n",
+                   kDescription);
+  std::string config, layer, json_path;
+  int64_t entries = 0;
+  double eps = 0, atol = 0, rtol = 0;
+  bool all = false;
+  cmd.text("--config", config,
+           "an audit config (configs/audit/*.json) or a training config, whose \"model\" is audited")
+      ->type_name("FILE")
+      ->required();
+  cmd.choice("--layer", layer, audit_layer_names(), "what to audit, overriding the config");
+  cmd.text("--json", json_path, "also write the whole trace as JSON")->type_name("OUT");
+  cmd.integer("--entries", entries, 0, std::numeric_limits<int64_t>::max(),
+              "entries checked per input tensor (default 6: the largest |gradient| ones and\n"
+              "seeded random ones; 0: every entry)")
+      ->type_name("K");
+  cmd.number("--eps", eps, NumberRange::above(0), "finite-difference step (default 1e-6)")->type_name("E");
+  cmd.number("--atol", atol, NumberRange::at_least(0),
+             "an entry passes when |analytic - numeric| <= A + R |numeric| (default 1e-6)")
+      ->type_name("A");
+  cmd.number("--rtol", rtol, NumberRange::at_least(0), "(default 1e-4)")->type_name("R");
+  cmd.flag("--all", all, "keep checking after the first disagreement");
+  cmd.detect_anomaly_flag();
+  return cmd.run(arg_list, out, err, [&] {
+    AuditSpec spec = AuditSpec::from_file(config, layer);
+    AuditOptions opts = spec.options;  // flags override the config
+    if (cmd.given("--entries")) opts.entries = entries;
+    if (cmd.given("--eps")) opts.eps = eps;
+    if (cmd.given("--atol")) opts.atol = atol;
+    if (cmd.given("--rtol")) opts.rtol = rtol;
     opts.seed = spec.seed;  // the config's seed also picks the random entries
-    opts.all = args.flag("all");
-    if (!(opts.eps > 0)) throw cli::UsageError("--eps must be positive");
-    if (!(opts.atol >= 0) || !(opts.rtol >= 0)) throw cli::UsageError("--atol and --rtol must be >= 0");
+    opts.all = all;
 
     AuditTarget target = make_audit_target(spec);
     AuditReport report = audit_gradients(target.loss, opts, target.leaf_names, target.description);
     out << report.text(ansi);
-    if (args.has("json")) {
-      const std::string path = args.str("json");
-      std::ofstream f(path);
-      if (!f) fail<IOError>("audit", "cannot write '", path, "'");
+    if (!json_path.empty()) {
+      std::ofstream f(json_path);
+      if (!f) fail<IOError>("audit", "cannot write '", json_path, "'");
       nlohmann::json j = report.to_json();
       j["layer"] = target.layer;
       j["config"] = spec.source;
       f << j.dump(1) << "\n";
-      if (!f) fail<IOError>("audit", "failed writing '", path, "'");
-      out << "trace written to " << path << "\n";
+      if (!f) fail<IOError>("audit", "failed writing '", json_path, "'");
+      out << "trace written to " << json_path << "\n";
     }
     return report.ok() ? 0 : 1;
-  } catch (const cli::UsageError& e) {
-    err << "attnlab audit: " << e.what() << "\n\n" << kUsage;
-    return 2;
-  } catch (const std::exception& e) {
-    err << "attnlab audit: error: " << e.what() << "\n";
-    return 1;
-  }
+  });
 }
 
 }  // namespace attnlab
