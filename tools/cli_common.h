@@ -4,6 +4,7 @@
 // and in range (no NaN), and unexpected positional arguments are rejected.
 #pragma once
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
