@@ -11,34 +11,39 @@ namespace attnlab {
 namespace {
 // Built-in methods are listed here explicitly: static self-registration would be dropped by the
 // linker for method files nothing else references.
-std::map<std::string, AttentionFactory>& factories() {
-  static std::map<std::string, AttentionFactory> f = [] {
-    std::map<std::string, AttentionFactory> m;
-    m["softmax"] = make_softmax_attention;
-    m["local"] = make_local_attention;
-    return m;
-  }();
-  return f;
+std::map<std::string, AttentionParser>& parsers() {
+  static std::map<std::string, AttentionParser> p = {{"softmax", parse_softmax_attention},
+                                                     {"local", parse_local_attention}};
+  return p;
 }
 }  // namespace
 
-void register_attention(const std::string& type, AttentionFactory factory) { factories()[type] = std::move(factory); }
+void register_attention(const std::string& type, AttentionParser parser) { parsers()[type] = std::move(parser); }
 
 std::vector<std::string> attention_types() {
   std::vector<std::string> out;
-  for (auto& [k, v] : factories()) out.push_back(k);
+  for (auto& [k, v] : parsers()) out.push_back(k);
   return out;
 }
 
-std::shared_ptr<AttentionMethod> make_attention(const nlohmann::json& cfg, const AttentionContext& ctx) {
-  std::string type = cfg.is_string() ? cfg.get<std::string>() : cfg.value("type", std::string("softmax"));
-  auto it = factories().find(type);
-  if (it == factories().end()) {
+AttentionBuilder parse_attention(const nlohmann::json& cfg, const std::string& path) {
+  if (!cfg.is_object() && !cfg.is_string())
+    fail<ValueError>("config", path, ": must be an object like {\"type\": \"softmax\"}, got ", cfg.dump());
+  ConfigSection section(cfg.is_string() ? nlohmann::json{{"type", cfg}} : cfg, path);
+  const std::string type = section.string("type", "softmax");
+  auto it = parsers().find(type);
+  if (it == parsers().end()) {
     std::string known;
     for (auto& name : attention_types()) known += (known.empty() ? "" : ", ") + name;
-    fail<ValueError>("make_attention", "unknown attention type '", type, "' (known: ", known, ")");
+    section.fail("type", "unknown attention type '", type, "' (known: ", known, ")");
   }
-  return it->second(cfg.is_object() ? cfg : nlohmann::json::object(), ctx);
+  AttentionBuilder build = it->second(section);
+  section.finish();
+  return build;
+}
+
+std::shared_ptr<AttentionMethod> make_attention(const nlohmann::json& cfg, const AttentionContext& ctx) {
+  return parse_attention(cfg)(ctx);
 }
 
 void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask) {
@@ -79,8 +84,16 @@ Tensor blocked_positions(const AttentionMask& m, int64_t tq, int64_t tk) {
   return blocked_by_either(causal, pad);
 }
 
-double attention_scale(const nlohmann::json& cfg, const AttentionContext& ctx) {
-  return cfg.value("scale", 1.0 / std::sqrt(double(std::max<int64_t>(ctx.head_dim, 1))));
+std::optional<double> parse_attention_scale(ConfigSection& cfg) {
+  if (!cfg.has("scale")) {
+    cfg.value("scale");  // declared all the same, for the list of known keys
+    return std::nullopt;
+  }
+  return cfg.number("scale", 0, NumberRange::above(0));
+}
+
+double attention_scale(std::optional<double> scale, const AttentionContext& ctx) {
+  return scale.value_or(1.0 / std::sqrt(double(std::max<int64_t>(ctx.head_dim, 1))));
 }
 
 }  // namespace attnlab

@@ -6,8 +6,10 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
+#include "core/config.h"
 #include "layers/module.h"
 
 namespace attnlab {
@@ -35,12 +37,18 @@ struct AttentionContext {
   DType dtype = DType::f32;        // for methods with parameters of their own (entmax α, SortNet)
 };
 
-using AttentionFactory = std::function<std::shared_ptr<AttentionMethod>(const nlohmann::json&, const AttentionContext&)>;
+// A method is registered as a parser of its config section: it reads every key the method takes
+// ("type" aside) from the section, with its type and range, and returns a builder that makes the
+// method for a head layout. Reading declares the keys, so a key no method reads is an error that
+// lists the method's keys; and a config is validated in full (parse_attention) without building.
+using AttentionBuilder = std::function<std::shared_ptr<AttentionMethod>(const AttentionContext&)>;
+using AttentionParser = std::function<AttentionBuilder(ConfigSection& cfg)>;
 
-// Methods register themselves by type name; make_attention({"type": "softmax", ...}) builds one.
-void register_attention(const std::string& type, AttentionFactory factory);
-std::shared_ptr<AttentionMethod> make_attention(const nlohmann::json& cfg, const AttentionContext& ctx);
+void register_attention(const std::string& type, AttentionParser parser);
 std::vector<std::string> attention_types();
+// cfg: {"type": "softmax", ...} or just "softmax". path names the section in errors.
+AttentionBuilder parse_attention(const nlohmann::json& cfg, const std::string& path = "attention");
+std::shared_ptr<AttentionMethod> make_attention(const nlohmann::json& cfg, const AttentionContext& ctx);
 
 // Shared pieces: the checks every method runs, and masks as b8 tensors (true = blocked).
 void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask);
@@ -49,7 +57,8 @@ Tensor causal_block_mask(int64_t tq, int64_t tk);                 // [tq, tk]
 Tensor blocked_positions(const AttentionMask& m, int64_t tq, int64_t tk);
 // Positions blocked by either b8 mask (broadcast together); an undefined mask blocks nothing.
 Tensor blocked_by_either(const Tensor& a, const Tensor& b);
-// cfg["scale"], or 1/sqrt(head_dim) by default.
-double attention_scale(const nlohmann::json& cfg, const AttentionContext& ctx);
+// The optional "scale" key (a finite number > 0) and the scale it gives: 1/sqrt(head_dim) by default.
+std::optional<double> parse_attention_scale(ConfigSection& cfg);
+double attention_scale(std::optional<double> scale, const AttentionContext& ctx);
 
 }  // namespace attnlab

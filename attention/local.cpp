@@ -42,12 +42,13 @@ Tensor LocalAttention::forward(const Tensor& q, const Tensor& k, const Tensor& v
       });
 }
 
-std::shared_ptr<AttentionMethod> make_local_attention(const nlohmann::json& cfg, const AttentionContext& ctx) {
-  const nlohmann::json block = cfg.contains("block") ? cfg["block"] : nlohmann::json(64);
-  if (!block.is_number_integer() || block.get<int64_t>() <= 0)
-    fail<ValueError>("local attention", "block must be a positive integer, got ", block.dump());
-  return std::make_shared<LocalAttention>(block.get<int64_t>(), attention_scale(cfg, ctx),
-                                          parse_attention_impl("local attention", cfg));
+AttentionBuilder parse_local_attention(ConfigSection& cfg) {
+  const int64_t block = cfg.integer("block", 64, 1, kMaxLocalBlock);
+  const std::optional<double> scale = parse_attention_scale(cfg);
+  const AttentionImpl impl = parse_attention_impl(cfg);
+  return [=](const AttentionContext& ctx) {
+    return std::make_shared<LocalAttention>(block, attention_scale(scale, ctx), impl);
+  };
 }
 
 }  // namespace attnlab

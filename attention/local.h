@@ -28,8 +28,11 @@ class LocalAttention : public AttentionMethod {
   AttentionImpl impl_;
 };
 
+// The largest block a config may ask for: longer than any sequence a model config allows.
+inline constexpr int64_t kMaxLocalBlock = int64_t(1) << 20;
+
 // Config: {"type": "local", "block": 64 (default), "scale": optional (default 1/sqrt(head_dim)),
 //          "impl": "fused" (default) | "composite"}.
-std::shared_ptr<AttentionMethod> make_local_attention(const nlohmann::json& cfg, const AttentionContext& ctx);
+AttentionBuilder parse_local_attention(ConfigSection& cfg);
 
 }  // namespace attnlab

@@ -24,12 +24,9 @@ Tensor softmax_attention_composite(const Tensor& q, const Tensor& k, const Tenso
                                             weights_out);
 }
 
-AttentionImpl parse_attention_impl(const char* method, const nlohmann::json& cfg) {
-  if (!cfg.contains("impl")) return AttentionImpl::fused;
-  const nlohmann::json& j = cfg["impl"];
-  if (j == "fused") return AttentionImpl::fused;
-  if (j == "composite") return AttentionImpl::composite;
-  fail<ValueError>(method, "impl must be \"fused\" or \"composite\", got ", j.dump());
+AttentionImpl parse_attention_impl(ConfigSection& cfg) {
+  return cfg.choice("impl", "fused", {"fused", "composite"}) == "fused" ? AttentionImpl::fused
+                                                                        : AttentionImpl::composite;
 }
 
 Tensor run_attention_impl(AttentionImpl impl, AttentionMethod& method, const Tensor& q, const Tensor& k,
@@ -59,8 +56,12 @@ Tensor SoftmaxAttention::forward(const Tensor& q, const Tensor& k, const Tensor&
       });
 }
 
-std::shared_ptr<AttentionMethod> make_softmax_attention(const nlohmann::json& cfg, const AttentionContext& ctx) {
-  return std::make_shared<SoftmaxAttention>(attention_scale(cfg, ctx), parse_attention_impl("softmax attention", cfg));
+AttentionBuilder parse_softmax_attention(ConfigSection& cfg) {
+  const std::optional<double> scale = parse_attention_scale(cfg);
+  const AttentionImpl impl = parse_attention_impl(cfg);
+  return [=](const AttentionContext& ctx) {
+    return std::make_shared<SoftmaxAttention>(attention_scale(scale, ctx), impl);
+  };
 }
 
 }  // namespace attnlab

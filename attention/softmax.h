@@ -16,7 +16,7 @@ Tensor masked_softmax_attention_composite(const Tensor& q, const Tensor& k, cons
 // How a method computes softmax attention: the fused, tiled kernels (attention/flash.h; never store
 // the n×n weights) or the composite reference above.
 enum class AttentionImpl { fused, composite };
-AttentionImpl parse_attention_impl(const char* method, const nlohmann::json& cfg);  // cfg["impl"], default fused
+AttentionImpl parse_attention_impl(ConfigSection& cfg);  // cfg["impl"]: "fused" (default) | "composite"
 
 // Runs the chosen impl for a method that has both. When the method records internals, "attn" gets
 // the attention weights: the composite's own, or (fused: the kernels never form them) a composite
@@ -39,6 +39,6 @@ class SoftmaxAttention : public AttentionMethod {
 };
 
 // Config: {"type": "softmax", "scale": optional (default 1/sqrt(head_dim)), "impl": "fused" (default) | "composite"}.
-std::shared_ptr<AttentionMethod> make_softmax_attention(const nlohmann::json& cfg, const AttentionContext& ctx);
+AttentionBuilder parse_softmax_attention(ConfigSection& cfg);
 
 }  // namespace attnlab

@@ -28,6 +28,8 @@ Activation parse_activation(const std::string& name) {
   fail<ValueError>("activation", "unknown activation '", name, "' (gelu, relu)");
 }
 
+std::vector<std::string> activation_names() { return {"gelu", "relu"}; }
+
 Tensor activate(const Tensor& x, Activation a) { return a == Activation::gelu ? gelu(x) : relu(x); }
 
 MLP::MLP(int64_t dim, int64_t hidden, Activation act, double dropout_p, std::shared_ptr<Generator> dropout_gen,

@@ -2,6 +2,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "layers/functional.h"
 #include "layers/module.h"
@@ -65,6 +66,7 @@ class Dropout : public Module {
 
 enum class Activation { gelu, relu };
 Activation parse_activation(const std::string& name);
+std::vector<std::string> activation_names();  // the names parse_activation takes
 Tensor activate(const Tensor& x, Activation a);
 
 // Linear -> activation -> dropout -> Linear.

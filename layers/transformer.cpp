@@ -2,60 +2,47 @@
 
 #include <cmath>
 
+#include "core/config.h"
+
 namespace attnlab {
 
 // ---- config ------------------------------------------------------------------------------------
 
-ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
-  if (!j.is_object()) fail<ValueError>("model config", "expected a JSON object, got ", j.dump());
-  static const std::vector<std::string> known = {"vocab_size", "d_model",    "n_layers",  "n_heads",
-                                                 "d_ff",       "max_len",    "dropout",   "positions",
-                                                 "activation", "attention",  "num_classes", "seed"};
-  for (auto& [key, value] : j.items())
-    if (std::find(known.begin(), known.end(), key) == known.end())
-      fail<ValueError>("model config", "unknown key '", key, "'");
+ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& path) {
+  ConfigSection s(j, path);
   ModelConfig c;
-  try {
-    c.vocab_size = j.value("vocab_size", c.vocab_size);
-    c.d_model = j.value("d_model", c.d_model);
-    c.n_layers = j.value("n_layers", c.n_layers);
-    c.n_heads = j.value("n_heads", c.n_heads);
-    c.d_ff = j.value("d_ff", 4 * c.d_model);
-    c.max_len = j.value("max_len", c.max_len);
-    c.dropout = j.value("dropout", c.dropout);
-    c.positions = j.value("positions", c.positions);
-    c.activation = j.value("activation", c.activation);
-    if (j.contains("attention")) c.attention = j["attention"];
-    c.num_classes = j.value("num_classes", c.num_classes);
-    c.seed = j.value("seed", c.seed);
-  } catch (const nlohmann::json::exception& e) {
-    fail<ValueError>("model config", "wrong value type: ", e.what());
+  c.vocab_size = s.integer("vocab_size", c.vocab_size, 1, kMaxVocab);
+  c.d_model = s.integer("d_model", c.d_model, 1, kMaxDModel);
+  c.n_layers = s.integer("n_layers", c.n_layers, 1, kMaxLayers);
+  c.n_heads = s.integer("n_heads", c.n_heads, 1, kMaxHeads);
+  c.d_ff = s.integer("d_ff", 4 * c.d_model, 1, kMaxDff);
+  c.max_len = s.integer("max_len", c.max_len, 1, kMaxLen);
+  c.dropout = s.number("dropout", c.dropout, NumberRange::half_open(0, 1));
+  c.positions = s.choice("positions", c.positions, {"learned", "sinusoidal"});
+  c.activation = s.choice("activation", c.activation, activation_names());
+  if (const nlohmann::json* a = s.value("attention")) {
+    parse_attention(*a, s.where("attention"));  // validates the method's own keys
+    c.attention = *a;
   }
-  auto positive = [](const char* name, int64_t v) {
-    if (v <= 0) fail<ValueError>("model config", name, " must be positive, got ", v);
-  };
-  positive("vocab_size", c.vocab_size);
-  positive("d_model", c.d_model);
-  positive("n_layers", c.n_layers);
-  positive("n_heads", c.n_heads);
-  positive("d_ff", c.d_ff);
-  positive("max_len", c.max_len);
-  if (c.d_model % c.n_heads != 0)
-    fail<ValueError>("model config", "d_model ", c.d_model, " is not divisible by n_heads ", c.n_heads);
-  if (!(c.dropout >= 0 && c.dropout < 1)) fail<ValueError>("model config", "dropout must be in [0, 1), got ", c.dropout);
-  if (c.positions != "learned" && c.positions != "sinusoidal")
-    fail<ValueError>("model config", "positions must be 'learned' or 'sinusoidal', got '", c.positions, "'");
-  parse_activation(c.activation);
-  if (!c.attention.is_object() && !c.attention.is_string())
-    fail<ValueError>("model config", "attention must be an object like {\"type\": \"softmax\"}, got ", c.attention.dump());
-  const std::string type = c.attention.is_string() ? c.attention.get<std::string>() : c.attention.value("type", "softmax");
-  const auto types = attention_types();
-  if (std::find(types.begin(), types.end(), type) == types.end()) {
-    std::string listed;
-    for (const auto& t : types) listed += (listed.empty() ? "" : ", ") + t;
-    fail<ValueError>("model config", "unknown attention type '", type, "' (known: ", listed, ")");
-  }
+  c.num_classes = s.integer("num_classes", c.num_classes, 0, kMaxClasses);
+  c.seed = s.seed("seed", c.seed);
+  s.finish();
+  if (c.d_model % c.n_heads != 0) s.fail("n_heads", "d_model ", c.d_model, " is not divisible by n_heads ", c.n_heads);
+  const double bytes = 4.0 * double(c.parameter_count());
+  if (bytes > double(machine_memory_bytes()))
+    s.fail_section("the model has ", c.parameter_count(), " parameters, ", format_bytes(bytes),
+                   " as f32: more than this machine's memory (", format_bytes(double(machine_memory_bytes())), ")");
   return c;
+}
+
+int64_t ModelConfig::parameter_count() const {
+  // The bounds on every size keep this far from overflow (< 2^50).
+  const int64_t D = d_model, layer_norm = 2 * D;
+  const int64_t block =
+      layer_norm + (3 * D * D + 3 * D) + (D * D + D) + layer_norm + (D * d_ff + d_ff) + (d_ff * D + D);
+  const int64_t embeddings = vocab_size * D + (positions == "learned" ? max_len * D : 0);
+  const int64_t head = num_classes > 0 ? D * num_classes + num_classes : D * vocab_size;
+  return embeddings + n_layers * block + layer_norm + head;
 }
 
 nlohmann::json ModelConfig::to_json() const {

@@ -8,6 +8,16 @@
 
 namespace attnlab {
 
+// Upper bounds on the sizes a config may ask for: far beyond what this CPU framework trains, small
+// enough that no size arithmetic overflows, and a typo (n_layers 1e9) fails at once.
+inline constexpr int64_t kMaxVocab = int64_t(1) << 24;
+inline constexpr int64_t kMaxDModel = int64_t(1) << 16;
+inline constexpr int64_t kMaxLayers = 1024;
+inline constexpr int64_t kMaxHeads = 1024;
+inline constexpr int64_t kMaxDff = int64_t(1) << 20;
+inline constexpr int64_t kMaxLen = int64_t(1) << 20;
+inline constexpr int64_t kMaxClasses = int64_t(1) << 20;
+
 struct ModelConfig {
   int64_t vocab_size = 256;
   int64_t d_model = 128;
@@ -22,8 +32,13 @@ struct ModelConfig {
   int64_t num_classes = 0;  // > 0 for the sequence classifier
   uint64_t seed = 0;
 
-  static ModelConfig from_json(const nlohmann::json& j);  // validates; unknown keys are errors
+  // Validates every key (unknown ones are errors), the sizes against the bounds above, and the
+  // parameters' memory against this machine's; path names the section in errors.
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& path = "model");
   nlohmann::json to_json() const;
+  // Parameters of the model the config describes (the classifier when num_classes > 0, else the
+  // causal LM), attention methods' own parameters aside: known before anything is allocated.
+  int64_t parameter_count() const;
 };
 
 // x [B, T, D] -> [B, T, D]: fused qkv projection, per-head attention method, output projection.

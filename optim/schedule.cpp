@@ -1,8 +1,10 @@
 #include "optim/schedule.h"
 
 #include <cmath>
+#include <limits>
 
 #include "autograd/grad_mode.h"
+#include "core/config.h"
 #include "core/cpu/loops.h"
 
 namespace attnlab {
@@ -15,27 +17,17 @@ double LRSchedule::at(int64_t step) const {
   return min_lr + 0.5 * (base_lr - min_lr) * (1 + std::cos(M_PI * progress));
 }
 
-LRSchedule LRSchedule::from_json(const nlohmann::json& j, double base_lr, int64_t total_steps) {
+LRSchedule LRSchedule::from_json(const nlohmann::json& j, double base_lr, int64_t total_steps,
+                                 const std::string& path) {
   LRSchedule s;
   s.base_lr = base_lr;
   s.total_steps = total_steps;
   if (j.is_null()) return s;
-  if (j.is_string()) {
-    s.kind = j.get<std::string>();
-  } else {
-    try {
-      s.kind = j.value("kind", s.kind);
-      s.warmup_steps = j.value("warmup_steps", s.warmup_steps);
-      s.min_lr = j.value("min_lr", s.min_lr);
-    } catch (const nlohmann::json::exception& e) {
-      fail<ValueError>("schedule", "wrong value type: ", e.what());
-    }
-  }
-  if (s.kind != "constant" && s.kind != "cosine")
-    fail<ValueError>("schedule", "kind must be 'constant' or 'cosine', got '", s.kind, "'");
-  if (s.warmup_steps < 0 || s.min_lr < 0 || s.min_lr > base_lr)
-    fail<ValueError>("schedule", "needs warmup_steps >= 0 and 0 <= min_lr <= lr, got warmup ", s.warmup_steps,
-                     ", min_lr ", s.min_lr);
+  ConfigSection c(j.is_string() ? nlohmann::json{{"kind", j}} : j, path);
+  s.kind = c.choice("kind", s.kind, {"constant", "cosine"});
+  s.warmup_steps = c.integer("warmup_steps", s.warmup_steps, 0, std::numeric_limits<int64_t>::max());
+  s.min_lr = c.number("min_lr", s.min_lr, NumberRange::closed(0, base_lr));
+  c.finish();
   return s;
 }
 

@@ -14,7 +14,10 @@ struct LRSchedule {
   int64_t warmup_steps = 0;
   int64_t total_steps = 1;
   double at(int64_t step) const;  // the rate for 0-based step `step`
-  static LRSchedule from_json(const nlohmann::json& j, double base_lr, int64_t total_steps);
+  // j: null (constant), "constant" | "cosine", or {"kind", "warmup_steps", "min_lr"}; every key
+  // checked (core/config.h), path naming the section in errors.
+  static LRSchedule from_json(const nlohmann::json& j, double base_lr, int64_t total_steps,
+                              const std::string& path = "optim.schedule");
 };
 
 // Scales every gradient by max_norm / norm when the global L2 norm exceeds max_norm; returns the

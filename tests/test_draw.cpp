@@ -119,6 +119,22 @@ std::string make_run_dir(const TempDir& dir) {
 
 }  // namespace
 
+TEST_CASE("draw: a small input that would need a huge image is refused, naming the tensor and the size") {
+  // The case: a small layer file planned an 840044x154 image (1.15 GB).
+  TempDir dir;
+  save_safetensors(dir.file("wide.safetensors"), {{"internals.wide", zeros({1, 40000}, DType::b8)}});
+  const std::string e =
+      message_of<ValueError>([&] { draw_layer_file(dir.file("wide.safetensors"), dir.file("pics")); });
+  CHECK(contains(e, "heatmap of 'internals.wide  b8[1, 40000]' would need a 40028x"));
+  CHECK(contains(e, "the limit is 32768 pixels a side and 134217728 pixels"));
+  CHECK(!fs::exists(dir.file("pics/internals.wide.png")));
+  // Explicit scales multiply the size.
+  HeatmapStyle big;
+  big.scale = 64;
+  CHECK(contains(message_of<ValueError>([&] { draw_tensor(zeros({600, 600}), "m", big); }), "would need a 38428x"));
+  CHECK(contains(message_of<ValueError>([] { Image(kMaxImageSide + 1, 1); }), "would need a 32769x1 image"));
+}
+
 TEST_CASE("png: the writer's chunks, CRCs and IDAT size; decode gives the pixels back") {
   Image img(37, 11);
   Generator g(1);

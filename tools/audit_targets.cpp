@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <ostream>
 
 #include "attention/attention.h"
 #include "autograd/grad_mode.h"
+#include "core/config.h"
 #include "tools/cli_common.h"
+#include "tools/train_config.h"
 
 namespace attnlab {
 
@@ -45,70 +48,38 @@ AuditSpec AuditSpec::from_json(const nlohmann::json& j, const std::string& layer
   if (!j.is_object()) fail<ValueError>(kOp, "expected a JSON object, got ", j.dump());
   AuditSpec s;
   s.source = j;
-  nlohmann::json model = nlohmann::json::object();
   s.training_config = j.contains("model") && (j.contains("data") || j.contains("optim") || j.contains("steps"));
-  try {
-    if (s.training_config) {
-      model = j["model"];
-      if (!model.is_object()) fail<ValueError>(kOp, "'model' must be an object, got ", model.dump());
-    } else {
-      static const std::vector<std::string> own = {"layer", "model",   "batch", "seq_len", "causal", "padding",
-                                                   "seed",  "entries", "eps",   "atol",    "rtol",   "comment"};
-      for (auto& [key, value] : j.items())
-        if (!contains(own, key) && !contains(model_keys(), key))
-          fail<ValueError>(kOp, "unknown key '", key, "' (known: ", join(own), ", and the model keys ",
-                           join(model_keys()), ")");
-      model = {{"vocab_size", 11}, {"d_model", 8}, {"n_layers", 1}, {"n_heads", 2}, {"max_len", 16}};
-      if (j.contains("model")) {
-        if (!j["model"].is_object()) fail<ValueError>(kOp, "'model' must be an object, got ", j["model"].dump());
-        for (auto& [key, value] : j["model"].items()) model[key] = value;
-      }
-      for (const std::string& key : model_keys()) {
-        if (!j.contains(key)) continue;
-        if (j.contains("model") && j["model"].contains(key))
-          fail<ValueError>(kOp, "'", key, "' is given both at the top level and in 'model'");
-        model[key] = j[key];
-      }
-      if (j.contains("seed") && !model.contains("seed")) model["seed"] = j["seed"];
-      // d_ff follows d_model unless given (ModelConfig's rule, applied to the tiny default too).
-      if (!model.contains("d_ff") && model.contains("d_model") && model["d_model"].is_number_integer())
-        model["d_ff"] = 4 * model["d_model"].get<int64_t>();
-      auto get_int = [&](const char* key, int64_t dflt, int64_t lo) {
-        if (!j.contains(key)) return dflt;
-        if (!j[key].is_number_integer() || j[key].get<int64_t>() < lo)
-          fail<ValueError>(kOp, "'", key, "' must be an integer >= ", lo, ", got ", j[key].dump());
-        return j[key].get<int64_t>();
-      };
-      auto get_bool = [&](const char* key, bool dflt) {
-        if (!j.contains(key)) return dflt;
-        if (!j[key].is_boolean()) fail<ValueError>(kOp, "'", key, "' must be true or false, got ", j[key].dump());
-        return j[key].get<bool>();
-      };
-      auto get_num = [&](const char* key, double dflt) {
-        if (!j.contains(key)) return dflt;
-        if (!j[key].is_number() || !(j[key].get<double>() >= 0))
-          fail<ValueError>(kOp, "'", key, "' must be a non-negative number, got ", j[key].dump());
-        return j[key].get<double>();
-      };
-      s.batch = get_int("batch", s.batch, 1);
-      s.seq_len = get_int("seq_len", s.seq_len, 1);
-      s.causal = get_bool("causal", s.causal);
-      s.padding = get_bool("padding", s.padding);
-      s.seed = uint64_t(get_int("seed", 0, 0));
-      s.options.entries = get_int("entries", s.options.entries, 0);
-      s.options.eps = get_num("eps", s.options.eps);
-      s.options.atol = get_num("atol", s.options.atol);
-      s.options.rtol = get_num("rtol", s.options.rtol);
-      if (!(s.options.eps > 0)) fail<ValueError>(kOp, "'eps' must be positive");
-      if (j.contains("layer")) {
-        if (!j["layer"].is_string()) fail<ValueError>(kOp, "'layer' must be a string, got ", j["layer"].dump());
-        s.layer = j["layer"].get<std::string>();
-      }
+  if (s.training_config) {
+    s.model = TrainConfig::from_json(j).model;  // the whole training config is checked
+  } else {
+    ConfigSection c(j, "");
+    s.layer = c.choice("layer", "", audit_layer_names());
+    s.batch = c.integer("batch", s.batch, 1, kMaxBatch);
+    s.seq_len = c.integer("seq_len", s.seq_len, 1, kMaxLen);
+    s.causal = c.boolean("causal", s.causal);
+    s.padding = c.boolean("padding", s.padding);
+    s.seed = c.seed("seed", s.seed);
+    s.options.entries = c.integer("entries", s.options.entries, 0, std::numeric_limits<int64_t>::max());
+    s.options.eps = c.number("eps", s.options.eps, NumberRange::above(0));
+    s.options.atol = c.number("atol", s.options.atol, NumberRange::at_least(0));
+    s.options.rtol = c.number("rtol", s.options.rtol, NumberRange::at_least(0));
+    c.string("comment", "");
+    // The tiny defaults, then the "model" section, then model keys given at the top level.
+    nlohmann::json model = {{"vocab_size", 11}, {"d_model", 8}, {"n_layers", 1}, {"n_heads", 2}, {"max_len", 16}};
+    const nlohmann::json nested = c.object("model");
+    for (auto& [key, value] : nested.items()) model[key] = value;
+    bool top_level_keys = false;
+    for (const std::string& key : model_keys()) {
+      const nlohmann::json* v = c.value(key);
+      if (!v) continue;
+      if (nested.contains(key)) c.fail(key, "given both at the top level and in 'model'");
+      model[key] = *v;
+      top_level_keys = true;
     }
-  } catch (const nlohmann::json::exception& e) {
-    fail<ValueError>(kOp, "wrong value type: ", e.what());
+    c.finish();
+    if (c.has("seed") && !model.contains("seed")) model["seed"] = s.seed;
+    s.model = ModelConfig::from_json(model, top_level_keys ? "" : "model");
   }
-  s.model = ModelConfig::from_json(model);
   if (!layer.empty()) s.layer = layer;
   if (s.layer.empty()) {
     if (!j.contains("model") && !s.training_config)
@@ -118,7 +89,7 @@ AuditSpec AuditSpec::from_json(const nlohmann::json& j, const std::string& layer
   if (!contains(audit_layer_names(), s.layer))
     fail<ValueError>(kOp, "unknown layer '", s.layer, "' (known: ", join(audit_layer_names()), ")");
   if (s.seq_len > s.model.max_len)
-    fail<ValueError>(kOp, "seq_len ", s.seq_len, " exceeds the model's max_len ", s.model.max_len);
+    fail<ValueError>("config", "seq_len: ", s.seq_len, " exceeds the model's max_len ", s.model.max_len);
   return s;
 }
 
@@ -282,83 +253,68 @@ AuditTarget make_audit_target(const AuditSpec& spec) {
 
 namespace {
 
-const char* kUsage =
-    "usage: attnlab audit --config FILE.json [--layer NAME] [--json OUT.json] [--entries K] [--all]\n"
-    "                     [--eps E] [--atol A] [--rtol R]\n"
+const char* kDescription =
     "  Runs a model or one layer on a tiny seeded float64 input and walks its tape node by node in\n"
     "  backward order: per node the op, its input and output shapes, a summary of its forward value, and\n"
     "  per input the gradient its backward produced against a central finite difference of the loss\n"
     "  with respect to that input. Stops at the first node whose backward disagrees (that node is the\n"
     "  broken one) unless --all.\n"
-    "    --config FILE   an audit config (configs/audit/*.json) or a training config, whose \"model\" is audited\n"
-    "    --layer NAME    what to audit, overriding the config: linear, layer_norm, mlp, attention, mha,\n"
-    "                    block, causal_lm, classifier\n"
-    "    --json OUT      also write the whole trace as JSON\n"
-    "    --entries K     entries checked per input tensor (default 6: the largest |gradient| ones and\n"
-    "                    seeded random ones; 0: every entry)\n"
-    "    --eps E         finite-difference step (default 1e-6)\n"
-    "    --atol A        an entry passes when |analytic - numeric| <= A + R |numeric| (default 1e-6)\n"
-    "    --rtol R        (default 1e-4)\n"
-    "    --all           keep checking after the first disagreement\n"
     "  Exit status: 0 every node agrees, 1 a node disagrees (or an error), 2 bad usage.\n"
-    "  Method and output: docs/audit.md.\n";
+    "  Method and output: docs/audit.md.";
 
 }  // namespace
 
 int audit_main(const std::vector<std::string>& arg_list, std::ostream& out, std::ostream& err, bool ansi) {
-  try {
-    std::vector<std::string> storage = {"attnlab-audit"};
-    storage.insert(storage.end(), arg_list.begin(), arg_list.end());
-    std::vector<char*> argv;
-    for (std::string& s : storage) argv.push_back(s.data());
-    cli::Args args(int(argv.size()), argv.data(), {"config", "layer", "json", "entries", "eps", "atol", "rtol"},
-                   {"all"});
-    if (args.flag("help")) {
-      out << kUsage;
-      return 0;
-    }
-    if (!args.positional.empty()) throw cli::UsageError("unexpected argument '" + args.positional[0] + "'");
-    if (!args.has("config")) throw cli::UsageError("--config is required");
-    const std::string layer = args.str("layer");
-    if (!layer.empty() && !contains(audit_layer_names(), layer))
-      throw cli::UsageError(cat("unknown layer '", layer, "' (known: ", join(audit_layer_names()), ")"));
-    auto integer = [&](const char* name, double v, double lo) {
-      if (v != std::floor(v) || v < lo) throw cli::UsageError(cat("--", name, " expects an integer >= ", lo));
-      return int64_t(v);
-    };
-    AuditSpec spec = AuditSpec::from_file(args.str("config"), layer);
-    AuditOptions opts = spec.options;
-    opts.entries = integer("entries", args.num("entries", double(opts.entries)), 0);
-    opts.eps = args.num("eps", opts.eps);
-    opts.atol = args.num("atol", opts.atol);
-    opts.rtol = args.num("rtol", opts.rtol);
+  cli::Command cmd("attnlab audit",
+                   "usage: attnlab audit --config FILE.json [--layer NAME] [--json OUT.json] [--entries K] [--all]\n"
+                   "                     [--eps E] [--atol A] [--rtol R]\n",
+                   kDescription);
+  std::string config, layer, json_path;
+  int64_t entries = 0;
+  double eps = 0, atol = 0, rtol = 0;
+  bool all = false;
+  cmd.text("--config", config,
+           "an audit config (configs/audit/*.json) or a training config, whose \"model\" is audited")
+      ->type_name("FILE")
+      ->required();
+  cmd.choice("--layer", layer, audit_layer_names(), "what to audit, overriding the config");
+  cmd.text("--json", json_path, "also write the whole trace as JSON")->type_name("OUT");
+  cmd.integer("--entries", entries, 0, std::numeric_limits<int64_t>::max(),
+              "entries checked per input tensor (default 6: the largest |gradient| ones and\n"
+              "seeded random ones; 0: every entry)")
+      ->type_name("K");
+  cmd.number("--eps", eps, NumberRange::above(0), "finite-difference step (default 1e-6)")->type_name("E");
+  cmd.number("--atol", atol, NumberRange::at_least(0),
+             "an entry passes when |analytic - numeric| <= A + R |numeric| (default 1e-6)")
+      ->type_name("A");
+  cmd.number("--rtol", rtol, NumberRange::at_least(0), "(default 1e-4)")->type_name("R");
+  cmd.flag("--all", all, "keep checking after the first disagreement");
+  cmd.detect_anomaly_flag();
+  return cmd.run(arg_list, out, err, [&] {
+    AuditSpec spec = AuditSpec::from_file(config, layer);
+    AuditOptions opts = spec.options;  // flags override the config
+    if (cmd.given("--entries")) opts.entries = entries;
+    if (cmd.given("--eps")) opts.eps = eps;
+    if (cmd.given("--atol")) opts.atol = atol;
+    if (cmd.given("--rtol")) opts.rtol = rtol;
     opts.seed = spec.seed;  // the config's seed also picks the random entries
-    opts.all = args.flag("all");
-    if (!(opts.eps > 0)) throw cli::UsageError("--eps must be positive");
-    if (!(opts.atol >= 0) || !(opts.rtol >= 0)) throw cli::UsageError("--atol and --rtol must be >= 0");
+    opts.all = all;
 
     AuditTarget target = make_audit_target(spec);
     AuditReport report = audit_gradients(target.loss, opts, target.leaf_names, target.description);
     out << report.text(ansi);
-    if (args.has("json")) {
-      const std::string path = args.str("json");
-      std::ofstream f(path);
-      if (!f) fail<IOError>("audit", "cannot write '", path, "'");
+    if (!json_path.empty()) {
+      std::ofstream f(json_path);
+      if (!f) fail<IOError>("audit", "cannot write '", json_path, "'");
       nlohmann::json j = report.to_json();
       j["layer"] = target.layer;
       j["config"] = spec.source;
       f << j.dump(1) << "\n";
-      if (!f) fail<IOError>("audit", "failed writing '", path, "'");
-      out << "trace written to " << path << "\n";
+      if (!f) fail<IOError>("audit", "failed writing '", json_path, "'");
+      out << "trace written to " << json_path << "\n";
     }
     return report.ok() ? 0 : 1;
-  } catch (const cli::UsageError& e) {
-    err << "attnlab audit: " << e.what() << "\n\n" << kUsage;
-    return 2;
-  } catch (const std::exception& e) {
-    err << "attnlab audit: error: " << e.what() << "\n";
-    return 1;
-  }
+  });
 }
 
 }  // namespace attnlab

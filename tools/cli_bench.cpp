@@ -11,6 +11,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -33,6 +34,7 @@
 #include "layers/transformer.h"
 #include "optim/adam.h"
 #include "tools/bench_util.h"
+#include "tools/cli_common.h"
 #include "tools/pytorch_baseline.h"
 
 namespace attnlab {
@@ -43,10 +45,10 @@ using bench::fmt;
 
 struct Options {
   std::vector<std::string> sections;  // empty: all
-  int reps = -1, warmup = -1;         // -1: default for the mode
+  int64_t reps = -1, warmup = -1;     // -1: default for the mode
   double min_time_ms = -1;
   bool quick = false;
-  int threads = 0;  // 0: leave OpenMP / OpenBLAS defaults
+  int64_t threads = 0;   // 0: leave OpenMP / OpenBLAS defaults
   int64_t max_n = 8192;  // attention: largest sequence length
   std::string json_path;
 };
@@ -413,9 +415,10 @@ void section_lm(Context& ctx) {
       return bench::median(ts);
     };
     char args[256];
-    std::snprintf(args, sizeof args, "--layers %lld --d %lld --heads %lld --seq %lld --batch %lld --steps %d --threads %d",
+    std::snprintf(args, sizeof args,
+                  "--layers %lld --d %lld --heads %lld --seq %lld --batch %lld --steps %d --threads %d",
                   (long long)c.layers, (long long)c.d, (long long)c.heads, (long long)c.seq, (long long)c.batch, steps,
-                  ctx.opt.threads > 0 ? ctx.opt.threads : omp_get_max_threads());
+                  ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads());
     std::vector<double> a_ms, t_ms;
     std::string why;
     for (int rep = 0; rep < 2; ++rep) {
@@ -469,7 +472,7 @@ void section_attention(Context& ctx) {
     if (n <= ctx.opt.max_n) sizes.push_back(n);
   const int rounds = ctx.opt.quick ? 1 : 2;
   const double min_fwd_ms = ctx.opt.quick ? 100 : 1000, min_fb_ms = ctx.opt.quick ? 200 : 1500;
-  const int threads = ctx.opt.threads > 0 ? ctx.opt.threads : omp_get_max_threads();
+  const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
   std::printf("\n== attention: q, k, v [%lld, %lld, n, %lld] f32, non-causal; attnlab fused kernels vs PyTorch "
               "(shared/baselines/attn_bench.py, %d threads)\n",
               (long long)B, (long long)H, (long long)d, threads);
@@ -594,92 +597,32 @@ const Section kSections[] = {
      section_attention},
 };
 
-void print_help(FILE* out) {
-  std::fprintf(out,
-               "usage: attnlab-bench [SECTION...] [options]      (also: tools/attnlab bench ...)\n"
-               "\n"
-               "Times attnlab against direct baselines (raw cblas / plain OpenMP loops into preallocated\n"
-               "buffers) side by side: warm-up, then interleaved repetitions with alternating order, each\n"
-               "measurement at least --min-time-ms long. Tables show median per-call times and the median\n"
-               "of the per-repetition ratios direct/attnlab (>= 1: attnlab as fast as the baseline).\n"
-               "\n"
-               "sections (default: all):\n");
-  for (const Section& s : kSections) std::fprintf(out, "  %-10s %s\n", s.name, s.summary);
-  std::fprintf(out,
-               "  %-10s every section above, in order\n"
-               "\n"
-               "options:\n"
-               "  --reps N          interleaved repetitions per comparison (default 7; --quick: 3)\n"
-               "  --warmup N        untimed calls per variant first (default 2; --quick: 1)\n"
-               "  --min-time-ms MS  minimum length of one measurement (default 50; --quick: 5)\n"
-               "  --quick           small sizes, for a smoke run\n"
-               "  --max-n N         attention: largest sequence length (default 8192; PyTorch's vanilla\n"
-               "                    attention needs ~6 GiB and ~14 s per call at 8192)\n"
-               "  --threads N       set OpenMP and OpenBLAS thread counts (default: leave as configured)\n"
-               "  --json FILE       also write machine-readable results to FILE\n"
-               "  --list            list the sections and exit\n"
-               "  -h, --help        this help\n",
-               "all");
+std::string section_list() {
+  std::string out;
+  for (const Section& s : kSections) out += fmt("  %-10s %s\n", s.name, s.summary);
+  return out;
 }
 
-[[noreturn]] void usage_error(const std::string& msg) {
-  std::fprintf(stderr, "attnlab-bench: %s\n\n", msg.c_str());
-  print_help(stderr);
-  std::exit(2);
-}
-
-Options parse(int argc, char** argv) {
-  Options o;
-  auto value = [&](int& i) -> std::string {
-    if (i + 1 >= argc) usage_error(std::string(argv[i]) + " needs a value");
-    return argv[++i];
-  };
-  auto int_value = [&](int& i, int lo) {
-    std::string flag = argv[i], v = value(i);
-    char* end = nullptr;
-    long x = std::strtol(v.c_str(), &end, 10);
-    if (*end || v.empty() || x < lo || x > 1000000) usage_error(flag + ": expected an integer >= " + std::to_string(lo) + ", got '" + v + "'");
-    return int(x);
-  };
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-h" || a == "--help") {
-      print_help(stdout);
-      std::exit(0);
-    } else if (a == "--list") {
-      for (const Section& s : kSections) std::printf("%-10s %s\n", s.name, s.summary);
-      std::exit(0);
-    } else if (a == "--reps") {
-      o.reps = int_value(i, 1);
-    } else if (a == "--warmup") {
-      o.warmup = int_value(i, 0);
-    } else if (a == "--min-time-ms") {
-      std::string v = value(i);
-      char* end = nullptr;
-      o.min_time_ms = std::strtod(v.c_str(), &end);
-      if (*end || v.empty() || !(o.min_time_ms >= 0)) usage_error("--min-time-ms: expected a number >= 0, got '" + v + "'");
-    } else if (a == "--quick") {
-      o.quick = true;
-    } else if (a == "--max-n") {
-      o.max_n = int_value(i, 1);
-    } else if (a == "--threads") {
-      o.threads = int_value(i, 1);
-    } else if (a == "--json") {
-      o.json_path = value(i);
-    } else if (!a.empty() && a[0] == '-') {
-      usage_error("unknown option '" + a + "'");
-    } else if (a == "all") {
-      for (const Section& s : kSections) o.sections.push_back(s.name);
-    } else {
-      bool known = false;
-      for (const Section& s : kSections) known = known || a == s.name;
-      if (!known) usage_error("unknown section '" + a + "'");
-      o.sections.push_back(a);
-    }
-  }
-  if (o.sections.empty())
-    for (const Section& s : kSections) o.sections.push_back(s.name);
-  return o;
+// Declares the flags on cmd, writing into o.
+void add_options(cli::Command& cmd, Options& o, bool& list) {
+  const int64_t max = 1000000;
+  cmd.app.add_option("SECTION", o.sections, "sections to run (default: all)")->each([](const std::string& a) {
+    bool known = a == "all";
+    for (const Section& s : kSections) known = known || a == s.name;
+    if (!known) throw cli::UsageError("unknown section '" + a + "'");
+  });
+  cmd.integer("--reps", o.reps, 1, max, "interleaved repetitions per comparison (default 7; --quick: 3)");
+  cmd.integer("--warmup", o.warmup, 0, max, "untimed calls per variant first (default 2; --quick: 1)");
+  cmd.number("--min-time-ms", o.min_time_ms, NumberRange::at_least(0),
+             "minimum length of one measurement (default 50; --quick: 5)")
+      ->type_name("MS");
+  cmd.flag("--quick", o.quick, "small sizes, for a smoke run");
+  cmd.integer("--max-n", o.max_n, 1, max,
+              "attention: largest sequence length (default 8192; PyTorch's vanilla\n"
+              "attention needs ~6 GiB and ~14 s per call at 8192)");
+  cmd.integer("--threads", o.threads, 1, max, "set OpenMP and OpenBLAS thread counts (default: leave as configured)");
+  cmd.text("--json", o.json_path, "also write machine-readable results to FILE")->type_name("FILE");
+  cmd.flag("--list", list, "list the sections and exit");
 }
 
 std::string local_time() {
@@ -694,16 +637,18 @@ std::string env_or(const char* name, const char* fallback) {
   return v ? v : fallback;
 }
 
-int run(int argc, char** argv) {
-  Context ctx;
-  ctx.opt = parse(argc, argv);
-  const Options& o = ctx.opt;
-  ctx.timing.reps = o.reps > 0 ? o.reps : (o.quick ? 3 : 7);
-  ctx.timing.warmup = o.warmup >= 0 ? o.warmup : (o.quick ? 1 : 2);
+int bench(Context& ctx) {
+  Options& o = ctx.opt;
+  if (o.sections.empty() || std::find(o.sections.begin(), o.sections.end(), "all") != o.sections.end()) {
+    o.sections.clear();
+    for (const Section& s : kSections) o.sections.push_back(s.name);
+  }
+  ctx.timing.reps = o.reps > 0 ? int(o.reps) : (o.quick ? 3 : 7);  // flags bounded to 10^6
+  ctx.timing.warmup = o.warmup >= 0 ? int(o.warmup) : (o.quick ? 1 : 2);
   ctx.timing.min_time_ms = o.min_time_ms >= 0 ? o.min_time_ms : (o.quick ? 5 : 50);
   if (o.threads > 0) {
-    omp_set_num_threads(o.threads);
-    cpu::set_blas_threads(o.threads);
+    omp_set_num_threads(int(o.threads));
+    cpu::set_blas_threads(int(o.threads));
   }
   char host[256] = "?";
   gethostname(host, sizeof host - 1);
@@ -762,14 +707,28 @@ int run(int argc, char** argv) {
   return 0;
 }
 
+int run(int argc, char** argv) {
+  cli::Command cmd("attnlab bench", "usage: attnlab bench [SECTION...] [options]      (also: attnlab-bench ...)\n",
+                   "Times attnlab against direct baselines (raw cblas / plain OpenMP loops into preallocated\n"
+                   "buffers) side by side: warm-up, then interleaved repetitions with alternating order, each\n"
+                   "measurement at least --min-time-ms long. Tables show median per-call times and the median\n"
+                   "of the per-repetition ratios direct/attnlab (>= 1: attnlab as fast as the baseline).\n"
+                   "\n"
+                   "sections (default: all):\n" +
+                       section_list() + fmt("  %-10s every section above, in order", "all"));
+  Context ctx;
+  bool list = false;
+  add_options(cmd, ctx.opt, list);
+  return cmd.run(argc, argv, [&] {
+    if (list) {
+      std::printf("%s", section_list().c_str());
+      return 0;
+    }
+    return bench(ctx);
+  });
+}
+
 }  // namespace
 }  // namespace attnlab
 
-int main(int argc, char** argv) {
-  try {
-    return attnlab::run(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "attnlab-bench: error: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return attnlab::run(argc, argv); }

@@ -1,14 +1,21 @@
-// Small helpers shared by the CLIs: flag parsing with clear errors, and the exit-code convention
-// (0 ok, 1 a failure while running, 2 bad usage).
+// The one command-line setup every attnlab CLI uses: CLI11 (Debian's libcli11-dev) with the same
+// help layout, flag checks, errors and exit codes everywhere (0 ok, 1 a failure while running,
+// 2 bad usage). Numeric flags are checked strictly: integers are whole and in range, numbers finite
+// and in range (no NaN), and unexpected positional arguments are rejected.
 #pragma once
+#include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <functional>
 #include <iostream>
-#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "autograd/anomaly.h"
+#include "core/config.h"
 #include "core/error.h"
 
 namespace attnlab::cli {
@@ -17,66 +24,133 @@ struct UsageError : Error {
   using Error::Error;
 };
 
-// Parses "--name value" and "--flag" arguments against the known names; positional arguments are
-// kept in order. Unknown or incomplete flags throw UsageError.
-class Args {
+// A flag's value as an integer in [lo, hi]: "2.7", "1e3", "0x10", " 5" and overflow are refused.
+inline int64_t parse_integer(const std::string& flag, const std::string& text, int64_t lo, int64_t hi) {
+  errno = 0;
+  char* end = nullptr;
+  const long long v = std::strtoll(text.c_str(), &end, 10);
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0])) || *end || errno == ERANGE || v < lo || v > hi)
+    throw UsageError(cat(flag, ": expected ", integer_range_text(lo, hi), ", got '", text, "'"));
+  return v;
+}
+
+// A flag's value as a finite number in range: "nan", "inf" and trailing text are refused.
+inline double parse_number(const std::string& flag, const std::string& text, const NumberRange& range) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0])) || *end || !range.contains(v))
+    throw UsageError(cat(flag, ": expected ", number_range_text(range), ", got '", text, "'"));
+  return v;
+}
+
+// Help = the usage lines, the description, then the options CLI11 lists from their declarations.
+class HelpFormatter : public CLI::Formatter {
  public:
-  Args(int argc, char** argv, const std::vector<std::string>& valued, const std::vector<std::string>& flags) {
-    for (int i = 1; i < argc; ++i) {
-      std::string a = argv[i];
-      if (a.rfind("--", 0) != 0) {
-        positional.push_back(a);
-        continue;
-      }
-      std::string name = a.substr(2), value;
-      if (auto eq = name.find('='); eq != std::string::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-        values_[name] = value;
-      } else if (std::find(flags.begin(), flags.end(), name) != flags.end() || name == "help") {
-        flags_[name] = true;
-        continue;
-      } else if (i + 1 < argc) {
-        values_[name] = argv[++i];
-      } else {
-        throw UsageError(cat("option --", name, " needs a value"));
-      }
-      if (std::find(valued.begin(), valued.end(), name) == valued.end())
-        throw UsageError(cat("unknown option --", name));
-    }
+  explicit HelpFormatter(std::string usage) : usage_(std::move(usage)) {
+    column_width(28);
+    label("Positionals", "arguments");
   }
-  bool flag(const std::string& n) const { return flags_.count(n) > 0; }
-  bool has(const std::string& n) const { return values_.count(n) > 0; }
-  std::string str(const std::string& n, const std::string& dflt = "") const {
-    auto it = values_.find(n);
-    return it == values_.end() ? dflt : it->second;
+  std::string make_help(const CLI::App* app, std::string, CLI::AppFormatMode mode) const override {
+    std::string help = usage_ + make_description(app) + make_positionals(app) + make_groups(app, mode) + "\n";
+    for (size_t at; (at = help.find("\n\n\n")) != std::string::npos;)
+      help.erase(at, 1);  // one blank line between groups
+    return help + make_footer(app);
   }
-  double num(const std::string& n, double dflt) const {
-    auto it = values_.find(n);
-    if (it == values_.end()) return dflt;
-    char* end = nullptr;
-    double v = std::strtod(it->second.c_str(), &end);
-    if (end == it->second.c_str() || *end) throw UsageError(cat("--", n, " expects a number, got '", it->second, "'"));
-    return v;
-  }
-  std::vector<std::string> positional;
 
  private:
-  std::map<std::string, std::string> values_;
-  std::map<std::string, bool> flags_;
+  std::string usage_;
 };
 
-// Runs body, turning exceptions into a message and the exit-code convention.
-inline int run_cli(const char* name, const char* usage, const std::function<int()>& body) {
-  try {
-    return body();
-  } catch (const UsageError& e) {
-    std::cerr << name << ": " << e.what() << "\n\n" << usage;
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << name << ": error: " << e.what() << "\n";
-    return 1;
+class Command {
+ public:
+  // name: "attnlab train"; usage: "usage: attnlab train --config FILE.json [options]\n" (one or
+  // more lines); description: what the command does, printed under the usage by --help.
+  Command(std::string name, std::string usage, const std::string& description)
+      : app(description, name), name_(std::move(name)), usage_(std::move(usage)) {
+    app.formatter(std::make_shared<HelpFormatter>(usage_));
+    app.option_defaults()->group("options")->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    app.set_help_flag("-h,--help", "this help");
   }
-}
+
+  CLI::Option* text(const std::string& flag, std::string& out, const std::string& help) {
+    return app.add_option(flag, out, help)->type_name("TEXT");
+  }
+  CLI::Option* integer(const std::string& flag, int64_t& out, int64_t lo, int64_t hi, const std::string& help) {
+    return app
+        .add_option_function<std::string>(
+            flag, [&out, flag, lo, hi](const std::string& s) { out = parse_integer(flag, s, lo, hi); }, help)
+        ->type_name("N");
+  }
+  CLI::Option* number(const std::string& flag, double& out, const NumberRange& range, const std::string& help) {
+    return app
+        .add_option_function<std::string>(
+            flag, [&out, flag, range](const std::string& s) { out = parse_number(flag, s, range); }, help)
+        ->type_name("X");
+  }
+  CLI::Option* choice(const std::string& flag, std::string& out, const std::vector<std::string>& choices,
+                      const std::string& help) {
+    std::string names;
+    for (const auto& c : choices) names += (names.empty() ? "" : "|") + c;
+    auto check = [flag, choices, names](const std::string& s) {
+      if (std::find(choices.begin(), choices.end(), s) == choices.end())
+        throw UsageError(cat(flag, ": expected ", names, ", got '", s, "'"));
+    };
+    return app.add_option(flag, out, help)->type_name(names)->each(check);
+  }
+  CLI::Option* flag(const std::string& flag, bool& out, const std::string& help) {
+    return app.add_flag(flag, out, help);
+  }
+  // --detect-anomaly (train, layer, audit): anomaly mode on while the command runs.
+  void detect_anomaly_flag() {
+    flag("--detect-anomaly", detect_anomaly_,
+         "check every op's outputs and gradients for NaN/Inf and stop at the first, naming the op");
+  }
+
+  bool given(const std::string& flag) const { return app.count(flag) > 0; }
+  std::string help() const { return app.help(); }
+
+  // Parses args (without the program name), then runs body; returns the exit code. Usage errors
+  // (CLI11's, a flag's value, or a UsageError from body) print the message and the usage lines.
+  int run(const std::vector<std::string>& args, std::ostream& out, std::ostream& err,
+          const std::function<int()>& body) {
+    try {
+      try {
+        std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 takes them last first
+        app.parse(reversed);
+      } catch (const CLI::CallForHelp&) {
+        out << help();
+        return 0;
+      } catch (const CLI::ParseError& e) {
+        throw UsageError(e.what());
+      }
+      AnomalyScope anomaly(detect_anomaly_);
+      return body();
+    } catch (const UsageError& e) {
+      err << name_ << ": " << e.what() << "\n" << usage_ << "Run '" << name_ << " --help' for the options.\n";
+      return 2;
+    } catch (const std::exception& e) {
+      err << name_ << ": error: " << e.what() << "\n";
+      return 1;
+    }
+  }
+  int run(int argc, char** argv, const std::function<int()>& body) {
+    return run(std::vector<std::string>(argv + 1, argv + argc), std::cout, std::cerr, body);
+  }
+
+  CLI::App app;
+
+ private:
+  // Restores the previous mode, so an in-process run (the tests) leaves no global state behind.
+  struct AnomalyScope {
+    bool previous = anomaly_mode();
+    explicit AnomalyScope(bool on) {
+      if (on) set_anomaly_mode(true);
+    }
+    ~AnomalyScope() { set_anomaly_mode(previous); }
+  };
+
+  std::string name_, usage_;
+  bool detect_anomaly_ = false;
+};
 
 }  // namespace attnlab::cli

@@ -6,23 +6,18 @@
 
 using namespace attnlab;
 
-static const char* kUsage =
-    "usage: attnlab eval --run DIR [--split val|test] [--tokens N]\n"
-    "  Loads DIR's checkpoint and reports loss (nats/token) and bits per character on a split\n"
-    "  (all of it unless --tokens limits it).\n";
-
 int main(int argc, char** argv) {
-  return cli::run_cli("attnlab eval", kUsage, [&] {
-    cli::Args args(argc, argv, {"run", "split", "tokens"}, {});
-    if (args.flag("help")) {
-      std::cout << kUsage;
-      return 0;
-    }
-    if (!args.has("run")) throw cli::UsageError("--run is required");
-    std::string split = args.str("split", "test");
-    if (split != "val" && split != "test") throw cli::UsageError("--split must be val or test");
-    LoadedRun run = load_run(args.str("run"));
-    EvalResult r = evaluate_run(run, split, int64_t(args.num("tokens", 0)));
+  cli::Command cmd("attnlab eval", "usage: attnlab eval --run DIR [--split val|test] [--tokens N]\n",
+                   "  Loads DIR's checkpoint and reports loss (nats/token) and bits per character on a split\n"
+                   "  (all of it unless --tokens limits it).");
+  std::string run_dir, split = "test";
+  int64_t tokens = 0;
+  cmd.text("--run", run_dir, "the run directory")->type_name("DIR")->required();
+  cmd.choice("--split", split, {"val", "test"}, "the split to evaluate (default test)");
+  cmd.integer("--tokens", tokens, 0, kMaxTokens, "evaluate the first N tokens of the split (default 0: all)");
+  return cmd.run(argc, argv, [&] {
+    LoadedRun run = load_run(run_dir);
+    EvalResult r = evaluate_run(run, split, tokens);
     std::cout << split << ": loss " << r.loss << " nats/token, " << r.bpc << " bpc over " << r.tokens
               << " tokens (step " << run.step << ")\n";
     return 0;

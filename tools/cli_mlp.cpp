@@ -2,7 +2,6 @@
 // SGD + momentum, printing the falling train loss and throughput, then the test accuracy.
 // Everything is built from library ops; no layer classes, so the whole model is visible here.
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +16,7 @@
 #include "datasets/batches.h"
 #include "datasets/fashion_mnist.h"
 #include "optim/sgd.h"
+#include "tools/cli_common.h"
 
 namespace attnlab {
 namespace {
@@ -27,90 +27,23 @@ struct Options {
   int64_t batch = 128;
   double lr = 0.02;
   double momentum = 0.9;
-  uint64_t seed = 0;
+  int64_t seed = 0;
   int64_t log_every = 50;
   std::string data_dir = kFashionMnistDir;
 };
 
-void print_help(FILE* out) {
-  std::fprintf(out,
-               "usage: attnlab-mlp [options]      (also: tools/attnlab demo mlp ...)\n"
-               "\n"
-               "Trains a 784-256-10 ReLU MLP on Fashion-MNIST (Debian package dataset-fashion-mnist) with\n"
-               "attnlab autograd and SGD + momentum 0.9, then reports the test accuracy (about 85%%+).\n"
-               "\n"
-               "options:\n"
-               "  --steps N       number of SGD steps (default: --epochs full epochs)\n"
-               "  --epochs N      full passes over the 60k training images when --steps is not given (default 3)\n"
-               "  --batch N       minibatch size (default 128)\n"
-               "  --lr X          learning rate (default 0.02)\n"
-               "  --seed N        seed for the initial weights and the shuffling (default 0)\n"
-               "  --log-every N   print a progress line every N steps (default 50)\n"
-               "  --data-dir DIR  directory with the IDX files (default %s)\n"
-               "  -h, --help      this help\n",
-               kFashionMnistDir);
-}
-
-[[noreturn]] void usage_error(const std::string& msg) {
-  std::fprintf(stderr, "attnlab-mlp: %s (try --help)\n", msg.c_str());
-  std::exit(2);
-}
-
-// Accepts "--flag value" and "--flag=value".
-Options parse(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string flag = argv[i], value;
-    bool has_inline = false;
-    if (size_t eq = flag.find('='); flag.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-      has_inline = true;
-    }
-    auto take = [&]() -> std::string {
-      if (has_inline) return value;
-      if (i + 1 >= argc) usage_error(flag + " needs a value");
-      return argv[++i];
-    };
-    auto integer = [&](int64_t lo, int64_t hi) {
-      std::string v = take();
-      char* end = nullptr;
-      errno = 0;
-      long long x = std::strtoll(v.c_str(), &end, 10);
-      if (v.empty() || *end || errno == ERANGE || x < lo || x > hi)
-        usage_error(flag + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" +
-                    v + "'");
-      return int64_t(x);
-    };
-    if (flag == "-h" || flag == "--help") {
-      print_help(stdout);
-      std::exit(0);
-    } else if (flag == "--steps") {
-      o.steps = integer(1, 1'000'000'000);
-    } else if (flag == "--epochs") {
-      o.epochs = integer(1, 10'000);
-    } else if (flag == "--batch") {
-      o.batch = integer(1, 60'000);
-    } else if (flag == "--seed") {
-      o.seed = uint64_t(integer(0, INT64_MAX));
-    } else if (flag == "--log-every") {
-      o.log_every = integer(1, 1'000'000'000);
-    } else if (flag == "--lr") {
-      std::string v = take();
-      char* end = nullptr;
-      o.lr = std::strtod(v.c_str(), &end);
-      if (v.empty() || *end || !std::isfinite(o.lr) || o.lr <= 0)
-        usage_error("--lr: expected a positive number, got '" + v + "'");
-    } else if (flag == "--data-dir") {
-      o.data_dir = take();
-      if (o.data_dir.empty()) usage_error("--data-dir: expected a directory");
-    } else if (flag.rfind("-", 0) == 0) {
-      usage_error("unknown option '" + std::string(argv[i]) + "'");
-    } else {
-      usage_error("unexpected argument '" + flag + "' (all options are flags)");
-    }
-  }
-  return o;
+// Declares the flags on cmd, writing into o.
+void add_options(cli::Command& cmd, Options& o) {
+  cmd.integer("--steps", o.steps, 1, 1'000'000'000, "number of SGD steps (default: --epochs full epochs)");
+  cmd.integer("--epochs", o.epochs, 1, 10'000,
+              "full passes over the 60k training images when --steps is not given (default 3)");
+  cmd.integer("--batch", o.batch, 1, 60'000, "minibatch size (default 128)");
+  cmd.number("--lr", o.lr, NumberRange::above(0), "learning rate (default 0.02)");
+  cmd.integer("--seed", o.seed, 0, INT64_MAX, "seed for the initial weights and the shuffling (default 0)");
+  cmd.integer("--log-every", o.log_every, 1, 1'000'000'000, "print a progress line every N steps (default 50)");
+  cmd.text("--data-dir", o.data_dir, std::string("directory with the IDX files (default ") + kFashionMnistDir + ")")
+      ->type_name("DIR")
+      ->check([](const std::string& d) { return d.empty() ? std::string("expected a directory") : std::string(); });
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -157,8 +90,7 @@ double accuracy(const Mlp& model, const ImageClassificationSet& set) {
 
 // ---- training --------------------------------------------------------------------------------
 
-int run(int argc, char** argv) {
-  Options opt = parse(argc, argv);
+int train(const Options& opt) {
   auto t_start = std::chrono::steady_clock::now();
 
   ImageClassificationSet train = load_fashion_mnist(opt.data_dir, true);
@@ -168,7 +100,7 @@ int run(int argc, char** argv) {
   const int64_t steps_per_epoch = (n + opt.batch - 1) / opt.batch;
   const int64_t total_steps = opt.steps > 0 ? opt.steps : opt.epochs * steps_per_epoch;
 
-  Generator init_gen(opt.seed, /*stream=*/0), shuffle_gen(opt.seed, /*stream=*/1);
+  Generator init_gen(uint64_t(opt.seed), /*stream=*/0), shuffle_gen(uint64_t(opt.seed), /*stream=*/1);
   Mlp model(in, 256, classes, init_gen);
   SGD sgd(model.params(), {.lr = opt.lr, .momentum = opt.momentum});
 
@@ -233,13 +165,11 @@ int run(int argc, char** argv) {
 }  // namespace attnlab
 
 int main(int argc, char** argv) {
-  try {
-    return attnlab::run(argc, argv);
-  } catch (const attnlab::Error& e) {
-    std::fprintf(stderr, "attnlab-mlp: error: %s\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "attnlab-mlp: unexpected error: %s\n", e.what());
-    return 1;
-  }
+  attnlab::cli::Command cmd(
+      "attnlab mlp", "usage: attnlab mlp [options]      (also: tools/attnlab demo mlp ...)\n",
+      "Trains a 784-256-10 ReLU MLP on Fashion-MNIST (Debian package dataset-fashion-mnist) with\n"
+      "attnlab autograd and SGD + momentum 0.9, then reports the test accuracy (about 85%+).");
+  attnlab::Options opt;
+  attnlab::add_options(cmd, opt);
+  return cmd.run(argc, argv, [&] { return attnlab::train(opt); });
 }

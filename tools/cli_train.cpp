@@ -1,4 +1,4 @@
-// attnlab train --config configs/X.json [--resume] [--steps N] [--out DIR]
+// attnlab train --config configs/X.json [--resume] [--steps N] [--out DIR] [--time-limit S] [--detect-anomaly]
 #include <iostream>
 
 #include "tools/cli_common.h"
@@ -6,28 +6,30 @@
 
 using namespace attnlab;
 
-static const char* kUsage =
-    "usage: attnlab train --config FILE.json [--resume] [--steps N] [--out DIR] [--time-limit S]\n"
-    "  Trains the causal language model the config describes (see configs/*.json), printing step,\n"
-    "  loss, tokens/s and ETA, evaluating on the validation split every eval_interval steps, and\n"
-    "  writing DIR/metrics.jsonl, DIR/checkpoint.{json,safetensors} and DIR/tokenizer.json.\n"
-    "  --resume   continue from DIR's checkpoint (same losses as an uninterrupted run)\n"
-    "  --steps N  override the config's total steps;  --out DIR  override out_dir\n";
-
 int main(int argc, char** argv) {
-  return cli::run_cli("attnlab train", kUsage, [&] {
-    cli::Args args(argc, argv, {"config", "steps", "out", "time-limit"}, {"resume"});
-    if (args.flag("help")) {
-      std::cout << kUsage;
-      return 0;
-    }
-    if (!args.has("config")) throw cli::UsageError("--config is required");
-    TrainConfig cfg = TrainConfig::from_file(args.str("config"));
-    if (args.has("steps")) cfg.steps = int64_t(args.num("steps", 0));
-    if (args.has("out")) cfg.out_dir = args.str("out");
-    if (args.has("time-limit")) cfg.time_limit_s = args.num("time-limit", 0);
-    if (cfg.steps <= 0) throw cli::UsageError("--steps must be positive");
-    LMTrainer trainer(cfg, args.flag("resume"), std::cout);
+  cli::Command cmd("attnlab train",
+                   "usage: attnlab train --config FILE.json [--resume] [--steps N] [--out DIR] [--time-limit S]\n",
+                   "  Trains the causal language model the config describes (see configs/*.json), printing step,\n"
+                   "  loss, tokens/s and ETA, evaluating on the validation split every eval_interval steps, and\n"
+                   "  writing DIR/metrics.jsonl, DIR/checkpoint.{json,safetensors} and DIR/tokenizer.json.");
+  std::string config, out;
+  int64_t steps = 0;
+  double time_limit = 0;
+  bool resume = false;
+  cmd.text("--config", config, "the training config (JSON)")->type_name("FILE.json")->required();
+  cmd.flag("--resume", resume, "continue from DIR's checkpoint (same losses as an uninterrupted run)");
+  cmd.integer("--steps", steps, 1, kMaxSteps, "override the config's total steps");
+  cmd.text("--out", out, "override the config's out_dir")->type_name("DIR");
+  cmd.number("--time-limit", time_limit, NumberRange::at_least(0),
+             "stop (and checkpoint) after S seconds of training (0: no limit)")
+      ->type_name("S");
+  cmd.detect_anomaly_flag();
+  return cmd.run(argc, argv, [&] {
+    TrainConfig cfg = TrainConfig::from_file(config);
+    if (cmd.given("--steps")) cfg.steps = steps;
+    if (cmd.given("--out")) cfg.out_dir = out;
+    if (cmd.given("--time-limit")) cfg.time_limit_s = time_limit;
+    LMTrainer trainer(cfg, resume, std::cout);
     trainer.run();
     EvalResult r = trainer.evaluate("val", 0);
     std::cout << "final: step " << trainer.step() << ", validation bpc " << r.bpc << " over " << r.tokens

@@ -128,6 +128,7 @@ Image draw_heatmap_grid(const HeatmapGrid& g, const HeatmapStyle& st, HeatmapLay
   width = std::max({width, plot::text_width(g.title, 2) + 2 * margin,
                     x0 + bw + 12 + std::max(plot::text_width(bar_note, 1), plot::text_width(gamma_note, 1)) + margin});
   const int64_t height = y0 + g.rows * (ch + gap_y) + colorbar_h + margin;
+  check_image_size(g.title.empty() ? std::string("heatmap grid") : cat("heatmap of '", g.title, "'"), width, height);
   Image img(width, height, kWhite);
   if (layout) *layout = {x0, y0, cw + gap_x, ch + gap_y, s, cw, ch, cmap};
 

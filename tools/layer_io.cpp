@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "attention/attention.h"
+#include "core/config.h"
 #include "core/safetensors.h"
 #include "layers/transformer.h"
 
@@ -30,49 +31,21 @@ bool is_output_name(const std::string& name) {
 // ---- config ------------------------------------------------------------------------------------
 
 LayerConfig LayerConfig::from_json(const nlohmann::json& j) {
-  const char* op = "layer config";
-  if (!j.is_object()) fail<ValueError>(op, "expected a JSON object, got ", j.dump());
-  static const std::vector<std::string> known = {"attention", "causal",  "n_heads", "d_model",
-                                                 "seed",      "dropout", "train",   "comment"};
-  for (auto& [key, value] : j.items())
-    if (std::find(known.begin(), known.end(), key) == known.end())
-      fail<ValueError>(op, "unknown key '", key, "' (known: ", join(known), ")");
+  ConfigSection s(j, "");
   LayerConfig c;
   c.source = j;
-  auto get_bool = [&](const char* key, bool dflt) {
-    if (!j.contains(key)) return dflt;
-    if (!j[key].is_boolean()) fail<ValueError>(op, "'", key, "' must be true or false, got ", j[key].dump());
-    return j[key].get<bool>();
-  };
-  auto get_int = [&](const char* key, int64_t dflt) {
-    if (!j.contains(key)) return dflt;
-    if (!j[key].is_number_integer() || j[key].get<int64_t>() < 0)
-      fail<ValueError>(op, "'", key, "' must be a non-negative integer, got ", j[key].dump());
-    return j[key].get<int64_t>();
-  };
-  if (j.contains("attention")) c.attention = j["attention"];
-  if (!c.attention.is_object() && !c.attention.is_string())
-    fail<ValueError>(op, "'attention' must be an object like {\"type\": \"softmax\"}, got ", c.attention.dump());
-  if (c.attention.is_object() && c.attention.contains("type") && !c.attention["type"].is_string())
-    fail<ValueError>(op, "attention 'type' must be a string, got ", c.attention["type"].dump());
-  const std::string type =
-      c.attention.is_string() ? c.attention.get<std::string>() : c.attention.value("type", std::string("softmax"));
-  const auto types = attention_types();
-  if (std::find(types.begin(), types.end(), type) == types.end())
-    fail<ValueError>(op, "unknown attention type '", type, "' (known: ", join(types), ")");
-  c.causal = get_bool("causal", false);
-  c.train = get_bool("train", false);
-  c.n_heads = get_int("n_heads", 0);
-  c.d_model = get_int("d_model", 0);
-  if (j.contains("n_heads") && c.n_heads == 0) fail<ValueError>(op, "'n_heads' must be positive");
-  if (j.contains("d_model") && c.d_model == 0) fail<ValueError>(op, "'d_model' must be positive");
-  c.seed = uint64_t(get_int("seed", 0));
-  if (j.contains("dropout")) {
-    if (!j["dropout"].is_number()) fail<ValueError>(op, "'dropout' must be a number, got ", j["dropout"].dump());
-    c.dropout = j["dropout"].get<double>();
-    if (!(c.dropout >= 0 && c.dropout < 1)) fail<ValueError>(op, "'dropout' must be in [0, 1), got ", c.dropout);
+  if (const nlohmann::json* a = s.value("attention")) {
+    parse_attention(*a, "attention");  // validates the method's own keys
+    c.attention = *a;
   }
-  if (j.contains("comment") && !j["comment"].is_string()) fail<ValueError>(op, "'comment' must be a string");
+  c.causal = s.boolean("causal", c.causal);
+  c.n_heads = s.integer("n_heads", c.n_heads, 1, kMaxHeads);
+  c.d_model = s.integer("d_model", c.d_model, 1, kMaxDModel);
+  c.seed = s.seed("seed", c.seed);
+  c.dropout = s.number("dropout", c.dropout, NumberRange::half_open(0, 1));
+  c.train = s.boolean("train", c.train);
+  s.string("comment", "");
+  s.finish();
   return c;
 }
 

@@ -7,13 +7,22 @@
 #include <fstream>
 #include <iterator>
 
+#include "core/config.h"
 #include "core/error.h"
 #include "core/safetensors.h"  // AtomicFileWriter
 
 namespace attnlab {
 
+void check_image_size(const std::string& what, int64_t width, int64_t height) {
+  if (width < 0 || height < 0) fail<ValueError>("image", what, ": negative size ", width, "x", height);
+  if (width > kMaxImageSide || height > kMaxImageSide || width * height > kMaxImagePixels)
+    fail<ValueError>("image", what, " would need a ", width, "x", height, " image (",
+                     format_bytes(3.0 * double(width) * double(height)), "); the limit is ", kMaxImageSide,
+                     " pixels a side and ", kMaxImagePixels, " pixels");
+}
+
 Image::Image(int64_t w, int64_t h, RGB fill) : width(w), height(h) {
-  if (w < 0 || h < 0) fail<ValueError>("Image", "negative size ", w, "x", h);
+  check_image_size("Image", w, h);
   rgb.resize(size_t(w * h * 3));
   for (size_t i = 0; i < rgb.size(); i += 3) {
     rgb[i] = fill.r;
@@ -141,7 +150,7 @@ Image decode_png(const std::vector<uint8_t>& bytes) {
       w = get_u32(data);
       h = get_u32(data + 4);
       if (w <= 0 || h <= 0 || w > 0x7fffffff || h > 0x7fffffff) fail<ValueError>(op, "bad image size ", w, "x", h);
-      if (w * h > (int64_t(1) << 28)) fail<ValueError>(op, "image ", w, "x", h, " is larger than this reader accepts");
+      check_image_size("the PNG", w, h);  // before inflating: a small file may claim a huge image
       if (data[8] != 8 || data[9] != 2)
         fail<ValueError>(op, "only 8-bit RGB is supported (bit depth ", int(data[8]), ", colour type ", int(data[9]),
                          ")");

@@ -15,13 +15,20 @@ struct RGB {
   bool operator==(const RGB&) const = default;
 };
 
+// The largest image anything here makes (384 MiB of RGB): a small input (a wide tensor, a PNG
+// header) must not plan gigabytes. check_image_size throws ValueError naming `what`, the planned
+// size and the limit.
+inline constexpr int64_t kMaxImageSide = 32768;
+inline constexpr int64_t kMaxImagePixels = int64_t(1) << 27;
+void check_image_size(const std::string& what, int64_t width, int64_t height);
+
 // Row-major pixels, three bytes (r, g, b) each, top row first.
 struct Image {
   int64_t width = 0, height = 0;
   std::vector<uint8_t> rgb;
 
   Image() = default;
-  Image(int64_t w, int64_t h, RGB fill = {255, 255, 255});
+  Image(int64_t w, int64_t h, RGB fill = {255, 255, 255});  // checks the size (check_image_size)
   bool contains(int64_t x, int64_t y) const { return x >= 0 && y >= 0 && x < width && y < height; }
   RGB get(int64_t x, int64_t y) const;
   void set(int64_t x, int64_t y, RGB c);  // ignores pixels outside the image

@@ -2,72 +2,76 @@
 
 #include <fstream>
 
+#include "core/config.h"
+#include "optim/schedule.h"
+
 namespace attnlab {
 
 namespace {
-void check_keys(const nlohmann::json& j, const char* where, std::initializer_list<const char*> known) {
-  if (!j.is_object()) fail<ValueError>("train config", "'", where, "' must be a JSON object");
-  for (auto& [key, value] : j.items()) {
-    bool ok = false;
-    for (const char* k : known) ok = ok || key == k;
-    if (!ok) fail<ValueError>("train config", "unknown key '", key, "' in '", where, "'");
-  }
+
+DataConfig data_from(ConfigSection s) {
+  DataConfig d;
+  d.corpus = s.string("corpus", d.corpus);
+  d.tokenizer = s.choice("tokenizer", d.tokenizer, {"char", "byte"});
+  d.seq_len = s.integer("seq_len", d.seq_len, 1, kMaxLen);
+  d.batch_size = s.integer("batch_size", d.batch_size, 1, kMaxBatch);
+  s.finish();
+  return d;
 }
+
+OptimConfig optim_from(ConfigSection s) {
+  OptimConfig o;
+  o.name = s.choice("name", o.name, {"adamw", "adam", "sgd"});
+  o.lr = s.number("lr", o.lr, NumberRange::at_least(0));
+  o.weight_decay = s.number("weight_decay", o.weight_decay, NumberRange::at_least(0));
+  o.beta1 = s.number("beta1", o.beta1, NumberRange::half_open(0, 1));
+  o.beta2 = s.number("beta2", o.beta2, NumberRange::half_open(0, 1));
+  o.eps = s.number("eps", o.eps, NumberRange::above(0));
+  o.momentum = s.number("momentum", o.momentum, NumberRange::half_open(0, 1));
+  o.clip = s.number("clip", o.clip, NumberRange::at_least(0));
+  if (const nlohmann::json* schedule = s.value("schedule")) o.schedule = *schedule;
+  s.finish();
+  return o;
+}
+
+// What training needs at the least: parameters, their gradients and two Adam moments (f32), and
+// the logits of one batch with their gradient. Refused before anything is allocated.
+void check_training_memory(const TrainConfig& c) {
+  const double params = double(c.model.parameter_count()) * 4 * 4;
+  const double logits = double(c.data.batch_size) * double(c.data.seq_len) * double(c.model.vocab_size) * 4 * 2;
+  const double have = double(machine_memory_bytes());
+  if (params + logits > have)
+    fail<ValueError>("config", "training needs at least ", format_bytes(params + logits), " (", format_bytes(params),
+                     " for ", c.model.parameter_count(), " parameters with gradients and optimizer moments, ",
+                     format_bytes(logits), " for one batch's logits): more than this machine's memory (",
+                     format_bytes(have), ")");
+}
+
 }  // namespace
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   TrainConfig c;
   c.source = j;
-  check_keys(j, "top level",
-             {"model", "data", "optim", "steps", "eval_interval", "eval_tokens", "checkpoint_interval", "log_interval",
-              "time_limit_s", "seed", "out_dir", "comment"});
-  try {
-    c.steps = j.value("steps", c.steps);
-    c.eval_interval = j.value("eval_interval", c.eval_interval);
-    c.eval_tokens = j.value("eval_tokens", c.eval_tokens);
-    c.checkpoint_interval = j.value("checkpoint_interval", c.checkpoint_interval);
-    c.log_interval = j.value("log_interval", c.log_interval);
-    c.time_limit_s = j.value("time_limit_s", c.time_limit_s);
-    c.seed = j.value("seed", c.seed);
-    c.out_dir = j.value("out_dir", c.out_dir);
-    if (j.contains("data")) {
-      const auto& d = j["data"];
-      check_keys(d, "data", {"corpus", "tokenizer", "seq_len", "batch_size"});
-      c.data.corpus = d.value("corpus", c.data.corpus);
-      c.data.tokenizer = d.value("tokenizer", c.data.tokenizer);
-      c.data.seq_len = d.value("seq_len", c.data.seq_len);
-      c.data.batch_size = d.value("batch_size", c.data.batch_size);
-    }
-    if (j.contains("optim")) {
-      const auto& o = j["optim"];
-      check_keys(o, "optim", {"name", "lr", "weight_decay", "beta1", "beta2", "eps", "momentum", "clip", "schedule"});
-      c.optim.name = o.value("name", c.optim.name);
-      c.optim.lr = o.value("lr", c.optim.lr);
-      c.optim.weight_decay = o.value("weight_decay", c.optim.weight_decay);
-      c.optim.beta1 = o.value("beta1", c.optim.beta1);
-      c.optim.beta2 = o.value("beta2", c.optim.beta2);
-      c.optim.eps = o.value("eps", c.optim.eps);
-      c.optim.momentum = o.value("momentum", c.optim.momentum);
-      c.optim.clip = o.value("clip", c.optim.clip);
-      if (o.contains("schedule")) c.optim.schedule = o["schedule"];
-    }
-  } catch (const nlohmann::json::exception& e) {
-    fail<ValueError>("train config", "wrong value type: ", e.what());
-  }
-  nlohmann::json model = j.value("model", nlohmann::json::object());
+  ConfigSection s(j, "");
+  c.steps = s.integer("steps", c.steps, 1, kMaxSteps);
+  c.eval_interval = s.integer("eval_interval", c.eval_interval, 1, kMaxSteps);
+  c.eval_tokens = s.integer("eval_tokens", c.eval_tokens, 0, kMaxTokens);
+  c.checkpoint_interval = s.integer("checkpoint_interval", c.checkpoint_interval, 1, kMaxSteps);
+  c.log_interval = s.integer("log_interval", c.log_interval, 1, kMaxSteps);
+  c.time_limit_s = s.number("time_limit_s", c.time_limit_s, NumberRange::at_least(0));
+  c.seed = s.seed("seed", c.seed);
+  c.out_dir = s.string("out_dir", c.out_dir);
+  s.string("comment", "");
+  c.data = data_from(ConfigSection(s.object("data"), "data"));
+  c.optim = optim_from(ConfigSection(s.object("optim"), "optim"));
+  nlohmann::json model = s.object("model");
+  s.finish();
   if (!model.contains("seed")) model["seed"] = c.seed;
-  c.model = ModelConfig::from_json(model);
-  if (c.data.tokenizer != "char" && c.data.tokenizer != "byte")
-    fail<ValueError>("train config", "data.tokenizer must be 'char' or 'byte', got '", c.data.tokenizer, "'");
-  if (c.data.seq_len <= 0 || c.data.batch_size <= 0)
-    fail<ValueError>("train config", "data.seq_len and data.batch_size must be positive");
+  c.model = ModelConfig::from_json(model, "model");
+  LRSchedule::from_json(c.optim.schedule, c.optim.lr, c.steps, "optim.schedule");  // validated up front
   if (c.data.seq_len > c.model.max_len)
-    fail<ValueError>("train config", "data.seq_len ", c.data.seq_len, " exceeds model.max_len ", c.model.max_len);
-  if (c.optim.name != "adamw" && c.optim.name != "adam" && c.optim.name != "sgd")
-    fail<ValueError>("train config", "optim.name must be adamw, adam or sgd, got '", c.optim.name, "'");
-  if (!(c.optim.clip >= 0)) fail<ValueError>("train config", "optim.clip must be >= 0");
-  if (c.steps <= 0 || c.eval_interval <= 0 || c.checkpoint_interval <= 0 || c.log_interval <= 0 || c.eval_tokens < 0)
-    fail<ValueError>("train config", "steps and the intervals must be positive");
+    fail<ValueError>("config", "data.seq_len: ", c.data.seq_len, " exceeds model.max_len ", c.model.max_len);
+  check_training_memory(c);
   return c;
 }
 
@@ -80,7 +84,11 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     fail<ValueError>("train config", "'", path, "' is not valid JSON: ", e.what());
   }
-  return from_json(j);
+  try {
+    return from_json(j);
+  } catch (const ValueError& e) {
+    throw ValueError(cat(path, ": ", e.what()));
+  }
 }
 
 }  // namespace attnlab

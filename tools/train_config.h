@@ -8,6 +8,11 @@
 
 namespace attnlab {
 
+// Bounds on a config's counts besides the model's (layers/transformer.h), for the same reasons.
+inline constexpr int64_t kMaxBatch = int64_t(1) << 20;
+inline constexpr int64_t kMaxSteps = int64_t(1) << 40;
+inline constexpr int64_t kMaxTokens = int64_t(1) << 50;
+
 struct DataConfig {
   std::string corpus = "kjv";     // "kjv" or a path to a plain text file
   std::string tokenizer = "char"; // char | byte
@@ -39,8 +44,9 @@ struct TrainConfig {
   std::string out_dir = "runs/default";
   nlohmann::json source;        // the JSON it was read from
 
+  // Every section strict (core/config.h); ValueError naming the field ("config: data.seq_len: ...").
   static TrainConfig from_json(const nlohmann::json& j);
-  static TrainConfig from_file(const std::string& path);
+  static TrainConfig from_file(const std::string& path);  // errors also name the file
 };
 
 }  // namespace attnlab
