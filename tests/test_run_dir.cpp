@@ -158,6 +158,23 @@ TEST_CASE("run dir: a resume that would lose metrics rows or start afresh is ref
   CHECK_FALSE(fs::exists(elsewhere.out_dir));
 }
 
+TEST_CASE("run dir: a fresh start refuses to replace a run unless asked to overwrite it") {
+  TrainedRun r;
+  auto before = snapshot(r.dir);
+  // It used to rewrite config.json, tokenizer.json and metrics.jsonl, then the checkpoint.
+  CHECK_THROWS_WITH_AS(LMTrainer(r.cfg, false, r.log), doctest::Contains("--overwrite"), IOError);
+  CHECK(snapshot(r.dir) == before);
+  {
+    LMTrainer t(r.cfg, false, r.log, /*overwrite=*/true);
+    CHECK(t.step() == 0);
+    CHECK_FALSE(fs::exists(r.sidecar));  // the old commit record went first
+    CHECK(read_text(r.metrics).empty());
+    t.run(2);
+  }
+  CHECK(fs::exists(r.sidecar));  // the new run's checkpoint, at step 2
+  CHECK(LMTrainer(r.cfg, true, r.log).step() == 2);
+}
+
 TEST_CASE("run dir: the tokenizer and the config are the checkpoint's, never a fallback or an edited file") {
   TrainedRun r;
   const nlohmann::json ref = nlohmann::json::parse(read_text(r.sidecar))["files"]["tokenizer"];

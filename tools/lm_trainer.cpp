@@ -55,12 +55,18 @@ std::string format_duration(double s) {
 }
 }  // namespace
 
-LMTrainer::LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log) : cfg_(cfg), log_(log) {
+LMTrainer::LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log, bool overwrite) : cfg_(cfg), log_(log) {
   const std::string prefix = checkpoint_prefix();
   // A resume without a checkpoint must not fall back to a fresh start: that overwrites the run.
   if (resume && !fs::exists(prefix + ".json"))
     fail<IOError>("train --resume", "there is no checkpoint to resume from (", prefix,
                   ".json is missing); run without --resume to start a new run in ", cfg_.out_dir);
+  // Nor may a fresh start silently replace a run that is there.
+  const std::string metrics = run_file(kRunMetricsFile);
+  const bool has_run = fs::exists(prefix + ".json") || (fs::exists(metrics) && fs::file_size(metrics) > 0);
+  if (!resume && has_run && !overwrite)
+    fail<IOError>("train", cfg_.out_dir, " already holds a run (", prefix, ".json or ", kRunMetricsFile,
+                  "); continue it with --resume, choose another --out, or pass --overwrite to replace it");
   // The data: a corpus split, a tokenizer (the checkpoint's when resuming: ids depend on it), token streams.
   corpus_ = load_corpus(cfg_.data.corpus);
   if (resume) {
@@ -96,7 +102,9 @@ LMTrainer::LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log) : c
     metrics_rows_ = cut_metrics_to_checkpoint(run_file(kRunMetricsFile), metrics_rows_, step_);
     log_ << "resumed from " << prefix << " at step " << step_ << "\n";
   } else {
-    // Nothing is written before everything above has been validated.
+    // Nothing is written before everything above has been validated. Replacing a run: its commit
+    // record goes first, so the directory never pairs the old checkpoint with the new metrics.
+    if (has_run) fs::remove(prefix + ".json");
     fs::create_directories(cfg_.out_dir);
     write_file_atomic(run_file(kRunTokenizerFile), tokenizer_to_json(*tokenizer_).dump(1) + "\n", "train");
     write_file_atomic(run_file(kRunMetricsFile), "", "train");

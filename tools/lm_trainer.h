@@ -17,8 +17,10 @@ namespace attnlab {
 class LMTrainer {
  public:
   // resume: continue from out_dir's checkpoint (IOError when there is none); otherwise start afresh,
-  // writing config.json, tokenizer.json and an empty metrics.jsonl (tools/run_dir.h).
-  LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log);
+  // writing config.json, tokenizer.json and an empty metrics.jsonl (tools/run_dir.h). A fresh start
+  // in a directory that already holds a run (a checkpoint, or metrics rows) is refused unless
+  // overwrite is set: then the old run's commit record is removed first.
+  LMTrainer(const TrainConfig& cfg, bool resume, std::ostream& log, bool overwrite = false);
   ~LMTrainer();
 
   // Trains until cfg.steps (or until `stop_at` steps when >= 0, or the time limit); returns the
