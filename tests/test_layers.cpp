@@ -176,3 +176,20 @@ TEST_CASE("a failed load_state_dict leaves the model untouched") {
   CHECK_THROWS_AS(b.load_state_dict(sd), ShapeError);
   CHECK(equal(before, b.forward(ids)));
 }
+
+TEST_CASE("layer_norm with strided weight and bias reads their values, not freed copies") {
+  // Strided parameters are copied to contiguous memory; the copies must live through the loop that
+  // reads them (a pointer into a temporary was a use after free that the caching allocator hid: the
+  // bias copy reused the weight copy's block, so y came out as x̂ b + b).
+  Generator g(11);
+  for (DType dt : {DType::f32, DType::f64}) {
+    INFO(std::string(dtype_name(dt)));
+    Tensor x = randn({3, 4}, dt, &g);
+    Tensor w2 = randn({4, 2}, dt, &g), b2 = randn({4, 2}, dt, &g);
+    Tensor w = w2.select(1, 0), b = b2.select(1, 1);  // stride 2
+    REQUIRE_FALSE(w.is_contiguous());
+    REQUIRE_FALSE(b.is_contiguous());
+    Tensor want = layer_norm(x, w.contiguous(), b.contiguous());
+    CHECK(allclose(layer_norm(x, w, b), want, 1e-6, 1e-6));
+  }
+}
