@@ -20,7 +20,14 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     c.d_model = j.value("d_model", c.d_model);
     c.n_layers = j.value("n_layers", c.n_layers);
     c.n_heads = j.value("n_heads", c.n_heads);
-    c.d_ff = j.value("d_ff", 4 * c.d_model);
+    // The default 4·d_model is computed only when d_ff is absent, and checked: a huge d_model with
+    // an explicit d_ff is not an error here, and one without must not wrap to a small d_ff.
+    if (j.contains("d_ff")) {
+      c.d_ff = j["d_ff"].get<int64_t>();
+    } else if (__builtin_mul_overflow(c.d_model, int64_t(4), &c.d_ff)) {
+      fail<ValueError>("model config", "d_ff defaults to 4 * d_model, which overflows for d_model ", c.d_model,
+                       "; give d_ff");
+    }
     c.max_len = j.value("max_len", c.max_len);
     c.dropout = j.value("dropout", c.dropout);
     c.positions = j.value("positions", c.positions);

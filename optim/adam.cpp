@@ -41,9 +41,11 @@ void Adam::set_lr(double lr) {
 void Adam::step() {
   NoGradGuard ng;
   ++t_;
+  if (t_ >= kMaxOptimizerStep) fail<ValueError>("Adam", "step count ", t_, " is at its limit 2^53");
   const double b1 = options_.beta1, b2 = options_.beta2, lr = options_.lr, eps = options_.eps;
   const double wd = options_.weight_decay;
   const double bc1 = 1 - std::pow(b1, double(t_)), bc2 = 1 - std::pow(b2, double(t_));
+  // t ≥ 1 and β < 1, so β^t is in [0, 1) and both corrections are in (0, 1]: never a division by 0.
   const double step_size = lr / bc1, inv_sqrt_bc2 = 1 / std::sqrt(bc2);
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i];
@@ -108,6 +110,7 @@ void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
     validate(o);
     std::vector<Tensor> m(params_.size()), v(params_.size());
     for (size_t i = 0; i < params_.size(); ++i) {
+    const int64_t step = saved_step(s, "Adam::load_state");
       auto a = tensors.find(std::to_string(i) + ".exp_avg"), b = tensors.find(std::to_string(i) + ".exp_avg_sq");
       if (a == tensors.end() && b == tensors.end()) continue;  // never updated
       if (a == tensors.end() || b == tensors.end() || a->second.shape() != params_[i].shape() ||
@@ -118,7 +121,7 @@ void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
       v[i] = b->second.to(params_[i].dtype()).contiguous().clone();
     }
     options_ = o;
-    t_ = s.at("step").get<int64_t>();
+    t_ = step;
     m_ = std::move(m);
     v_ = std::move(v);
   } catch (const nlohmann::json::exception& e) {

@@ -87,6 +87,33 @@ TEST_CASE("Adam validates its inputs") {
   CHECK_THROWS_AS(Adam({p, p}, AdamOptions{}), ValueError);
 }
 
+TEST_CASE("Adam refuses a saved step it cannot count from, and steps on from the largest it accepts") {
+  // A sidecar's step of INT64_MAX was accepted, and the next step() overflowed t (UBSan).
+  Tensor p = param({0.5, -1.0});
+  Adam opt({p}, adamw_options(0.05));
+  set_grad(p, {0.1, -0.2});
+  opt.step();
+  const nlohmann::json good = opt.state_json();
+  for (const nlohmann::json& step :
+       {nlohmann::json(INT64_MAX), nlohmann::json(UINT64_MAX), nlohmann::json(-1),
+        nlohmann::json((int64_t(1) << 53) + 1), nlohmann::json(2.5), nlohmann::json("3")}) {
+    CAPTURE(step.dump());
+    nlohmann::json s = good;
+    s["step"] = step;
+    CHECK_THROWS_AS(opt.load_state(opt.state_tensors(), s), ValueError);
+    CHECK(opt.steps() == 1);  // unchanged
+  }
+  nlohmann::json last = good;
+  last["step"] = kMaxOptimizerStep - 1;
+  opt.load_state(opt.state_tensors(), last);
+  opt.step();  // bias corrections at t = 2^53 are exactly 1: a finite update
+  CHECK(std::isfinite(p.at({0})));
+  CHECK(opt.steps() == kMaxOptimizerStep);
+  CHECK_THROWS_AS(opt.step(), ValueError);
+  CHECK(opt.steps() == kMaxOptimizerStep);
+}
+
+
 TEST_CASE("schedules: warmup then cosine to min_lr") {
   LRSchedule s = LRSchedule::from_json({{"kind", "cosine"}, {"warmup_steps", 10}, {"min_lr", 1e-4}}, 1e-3, 110);
   CHECK(s.at(0) == doctest::Approx(1e-4));

@@ -8,6 +8,7 @@
 #include "autograd/grad_mode.h"
 #include "autograd/gradcheck.h"
 #include "layers/transformer.h"
+#include "tests/support.h"
 
 using namespace attnlab;
 
@@ -152,6 +153,22 @@ TEST_CASE("softmax attention: fully masked rows give zeros and zero gradients") 
   Generator g(2);
   Tensor q = randn({1, 1, 3, 4}, DType::f64, &g).set_requires_grad(true);
   Tensor k = randn({1, 1, 3, 4}, DType::f64, &g).set_requires_grad(true);
+TEST_CASE("the default d_ff = 4 * d_model is computed only when d_ff is absent, and never wraps") {
+  // 4 * d_model was computed even with d_ff given (signed overflow, UBSan), and without d_ff
+  // d_model = 2^62 + 1 wrapped to d_ff = 4 and was accepted.
+  const int64_t huge = (int64_t(1) << 62) + 1;
+  std::string msg = testing::message_of<ValueError>([&] {
+    ModelConfig::from_json({{"d_model", huge}, {"n_heads", 1}});
+  });
+  CHECK(testing::contains(msg, "d_ff"));
+  // With d_ff given, d_model is judged on its own (valid here, or refused by a size bound): never UB.
+  try {
+    CHECK(ModelConfig::from_json({{"d_model", huge}, {"n_heads", 1}, {"d_ff", 64}}).d_ff == 64);
+  } catch (const ValueError&) {
+  }
+  CHECK(ModelConfig::from_json({{"d_model", 24}, {"n_heads", 2}}).d_ff == 96);
+}
+
   Tensor v = randn({1, 1, 3, 4}, DType::f64, &g).set_requires_grad(true);
   AttentionMask m;
   m.key_padding = from_vector(std::vector<double>{1, 1, 1}, {1, 3}, DType::b8);

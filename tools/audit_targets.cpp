@@ -70,9 +70,6 @@ AuditSpec AuditSpec::from_json(const nlohmann::json& j, const std::string& layer
         model[key] = j[key];
       }
       if (j.contains("seed") && !model.contains("seed")) model["seed"] = j["seed"];
-      // d_ff follows d_model unless given (ModelConfig's rule, applied to the tiny default too).
-      if (!model.contains("d_ff") && model.contains("d_model") && model["d_model"].is_number_integer())
-        model["d_ff"] = 4 * model["d_model"].get<int64_t>();
       auto get_int = [&](const char* key, int64_t dflt, int64_t lo) {
         if (!j.contains(key)) return dflt;
         if (!j[key].is_number_integer() || j[key].get<int64_t>() < lo)
