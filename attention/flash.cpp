@@ -64,6 +64,7 @@ flash::Tiles effective_tiles() {
 namespace flash {
 void set_tiles(const Tiles& t) { g_tiles = t; }
 Tiles tiles() { return effective_tiles(); }
+const char* f32_tile_kernel() { return ATTNLAB_FLASH_AVX512 ? "avx512" : "blas"; }
 }  // namespace flash
 
 namespace {

@@ -32,6 +32,9 @@ struct Tiles {
 };
 void set_tiles(const Tiles& t);
 Tiles tiles();
+// What computes the f32 tile products in this build: "avx512" (the register kernel, when compiled
+// for a CPU with AVX-512) or "blas" (cpu::gemm, the portable path). f64 always uses "blas".
+const char* f32_tile_kernel();
 }  // namespace flash
 
 }  // namespace attnlab
