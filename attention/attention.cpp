@@ -30,8 +30,18 @@ std::vector<std::string> attention_types() {
   return out;
 }
 
+std::string attention_type(const nlohmann::json& cfg, const char* op) {
+  if (cfg.is_string()) return cfg.get<std::string>();
+  if (!cfg.is_object())
+    fail<ValueError>(op, "attention must be an object like {\"type\": \"softmax\"}, got ", cfg.dump());
+  auto it = cfg.find("type");
+  if (it == cfg.end()) return "softmax";
+  if (!it->is_string()) fail<ValueError>(op, "attention 'type' must be a string, got ", it->dump());
+  return it->get<std::string>();
+}
+
 std::shared_ptr<AttentionMethod> make_attention(const nlohmann::json& cfg, const AttentionContext& ctx) {
-  std::string type = cfg.is_string() ? cfg.get<std::string>() : cfg.value("type", std::string("softmax"));
+  std::string type = attention_type(cfg, "make_attention");
   auto it = factories().find(type);
   if (it == factories().end()) {
     std::string known;

@@ -41,6 +41,9 @@ using AttentionFactory = std::function<std::shared_ptr<AttentionMethod>(const nl
 void register_attention(const std::string& type, AttentionFactory factory);
 std::shared_ptr<AttentionMethod> make_attention(const nlohmann::json& cfg, const AttentionContext& ctx);
 std::vector<std::string> attention_types();
+// The type a config names: cfg itself when a string, else cfg["type"] ("softmax" when absent).
+// ValueError naming `op` unless cfg is a string or an object whose "type" is a string.
+std::string attention_type(const nlohmann::json& cfg, const char* op);
 
 // Shared pieces: the checks every method runs, and masks as b8 tensors (true = blocked).
 void check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask);

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/json_fields.h"
+
 namespace attnlab {
 
 // ---- config ------------------------------------------------------------------------------------
@@ -14,6 +16,8 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   for (auto& [key, value] : j.items())
     if (std::find(known.begin(), known.end(), key) == known.end())
       fail<ValueError>("model config", "unknown key '", key, "'");
+  require_integers(j, "model config",
+                   {"vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len", "num_classes", "seed"});
   ModelConfig c;
   try {
     c.vocab_size = j.value("vocab_size", c.vocab_size);
@@ -53,9 +57,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   if (c.positions != "learned" && c.positions != "sinusoidal")
     fail<ValueError>("model config", "positions must be 'learned' or 'sinusoidal', got '", c.positions, "'");
   parse_activation(c.activation);
-  if (!c.attention.is_object() && !c.attention.is_string())
-    fail<ValueError>("model config", "attention must be an object like {\"type\": \"softmax\"}, got ", c.attention.dump());
-  const std::string type = c.attention.is_string() ? c.attention.get<std::string>() : c.attention.value("type", "softmax");
+  const std::string type = attention_type(c.attention, "model config");
   const auto types = attention_types();
   if (std::find(types.begin(), types.end(), type) == types.end()) {
     std::string listed;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autograd/grad_mode.h"
+#include "core/json_fields.h"
 
 namespace attnlab {
 
@@ -22,6 +23,7 @@ LRSchedule LRSchedule::from_json(const nlohmann::json& j, double base_lr, int64_
   if (j.is_string()) {
     s.kind = j.get<std::string>();
   } else {
+    require_integers(j, "schedule", {"warmup_steps"});
     try {
       s.kind = j.value("kind", s.kind);
       s.warmup_steps = j.value("warmup_steps", s.warmup_steps);

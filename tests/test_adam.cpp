@@ -6,6 +6,7 @@
 #include "autograd/grad_mode.h"
 #include "optim/adam.h"
 #include "optim/schedule.h"
+#include "tests/support.h"
 
 using namespace attnlab;
 
@@ -103,6 +104,9 @@ TEST_CASE("Adam refuses a saved step it cannot count from, and steps on from the
     CHECK_THROWS_AS(opt.load_state(opt.state_tensors(), s), ValueError);
     CHECK(opt.steps() == 1);  // unchanged
   }
+  nlohmann::json count = good;
+  count["num_params"] = 1.8e19;  // a float beyond size_t: was undefined behaviour (fuzz/corpus/checkpoint)
+  CHECK_THROWS_AS(opt.load_state(opt.state_tensors(), count), ValueError);
   nlohmann::json last = good;
   last["step"] = kMaxOptimizerStep - 1;
   opt.load_state(opt.state_tensors(), last);
@@ -113,6 +117,13 @@ TEST_CASE("Adam refuses a saved step it cannot count from, and steps on from the
   CHECK(opt.steps() == kMaxOptimizerStep);
 }
 
+TEST_CASE("a schedule's warmup_steps must be a JSON integer") {
+  // 1e300 converted to int64 was undefined behaviour (found by fuzz/, train_config target).
+  const std::string msg = testing::message_of<ValueError>([] {
+    LRSchedule::from_json({{"kind", "cosine"}, {"warmup_steps", 1e300}}, 1e-3, 10);
+  });
+  CHECK(testing::contains(msg, "'warmup_steps' must be an integer"));
+}
 
 TEST_CASE("schedules: warmup then cosine to min_lr") {
   LRSchedule s = LRSchedule::from_json({{"kind", "cosine"}, {"warmup_steps", 10}, {"min_lr", 1e-4}}, 1e-3, 110);

@@ -142,6 +142,10 @@ TEST_CASE("model configs are validated") {
   CHECK_THROWS_AS(ModelConfig::from_json({{"dropout", 1.5}}), ValueError);
   CHECK_THROWS_AS(ModelConfig::from_json({{"d_model", "big"}}), ValueError);
   CHECK_THROWS_AS(ModelConfig::from_json({{"positions", "rotary"}}), ValueError);
+  // A non-string type let a raw JSON-library exception out (found by fuzz/, model_config target).
+  CHECK_THROWS_AS(ModelConfig::from_json({{"attention", {{"type", 2}}}}), ValueError);
+  CHECK_THROWS_AS(make_attention({{"type", 2}}, AttentionContext{4, 2, nullptr}), ValueError);
+  CHECK_THROWS_AS(make_attention(3, AttentionContext{4, 2, nullptr}), ValueError);
   ModelConfig c = ModelConfig::from_json({{"d_model", 64}, {"n_heads", 4}});
   CHECK(c.d_ff == 256);
   CHECK(ModelConfig::from_json(c.to_json()).to_json() == c.to_json());
@@ -149,10 +153,6 @@ TEST_CASE("model configs are validated") {
   CHECK_THROWS_AS(make_attention({{"type", "nonexistent"}}, ctx), ValueError);
 }
 
-TEST_CASE("softmax attention: fully masked rows give zeros and zero gradients") {
-  Generator g(2);
-  Tensor q = randn({1, 1, 3, 4}, DType::f64, &g).set_requires_grad(true);
-  Tensor k = randn({1, 1, 3, 4}, DType::f64, &g).set_requires_grad(true);
 TEST_CASE("the default d_ff = 4 * d_model is computed only when d_ff is absent, and never wraps") {
   // 4 * d_model was computed even with d_ff given (signed overflow, UBSan), and without d_ff
   // d_model = 2^62 + 1 wrapped to d_ff = 4 and was accepted.
@@ -169,6 +169,10 @@ TEST_CASE("the default d_ff = 4 * d_model is computed only when d_ff is absent, 
   CHECK(ModelConfig::from_json({{"d_model", 24}, {"n_heads", 2}}).d_ff == 96);
 }
 
+TEST_CASE("softmax attention: fully masked rows give zeros and zero gradients") {
+  Generator g(2);
+  Tensor q = randn({1, 1, 3, 4}, DType::f64, &g).set_requires_grad(true);
+  Tensor k = randn({1, 1, 3, 4}, DType::f64, &g).set_requires_grad(true);
   Tensor v = randn({1, 1, 3, 4}, DType::f64, &g).set_requires_grad(true);
   AttentionMask m;
   m.key_padding = from_vector(std::vector<double>{1, 1, 1}, {1, 3}, DType::b8);

@@ -51,12 +51,7 @@ LayerConfig LayerConfig::from_json(const nlohmann::json& j) {
     return j[key].get<int64_t>();
   };
   if (j.contains("attention")) c.attention = j["attention"];
-  if (!c.attention.is_object() && !c.attention.is_string())
-    fail<ValueError>(op, "'attention' must be an object like {\"type\": \"softmax\"}, got ", c.attention.dump());
-  if (c.attention.is_object() && c.attention.contains("type") && !c.attention["type"].is_string())
-    fail<ValueError>(op, "attention 'type' must be a string, got ", c.attention["type"].dump());
-  const std::string type =
-      c.attention.is_string() ? c.attention.get<std::string>() : c.attention.value("type", std::string("softmax"));
+  const std::string type = attention_type(c.attention, op);
   const auto types = attention_types();
   if (std::find(types.begin(), types.end(), type) == types.end())
     fail<ValueError>(op, "unknown attention type '", type, "' (known: ", join(types), ")");

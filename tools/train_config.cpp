@@ -2,6 +2,8 @@
 
 #include <fstream>
 
+#include "core/json_fields.h"
+
 namespace attnlab {
 
 namespace {
@@ -21,6 +23,10 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   check_keys(j, "top level",
              {"model", "data", "optim", "steps", "eval_interval", "eval_tokens", "checkpoint_interval", "log_interval",
               "time_limit_s", "seed", "out_dir", "comment"});
+  require_integers(j, "train config",
+                   {"steps", "eval_interval", "eval_tokens", "checkpoint_interval", "log_interval", "seed"});
+  if (j.contains("model") && !j["model"].is_object())
+    fail<ValueError>("train config", "'model' must be a JSON object, got ", j["model"].dump());
   try {
     c.steps = j.value("steps", c.steps);
     c.eval_interval = j.value("eval_interval", c.eval_interval);
@@ -33,6 +39,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
     if (j.contains("data")) {
       const auto& d = j["data"];
       check_keys(d, "data", {"corpus", "tokenizer", "seq_len", "batch_size"});
+      require_integers(d, "train config: data", {"seq_len", "batch_size"});
       c.data.corpus = d.value("corpus", c.data.corpus);
       c.data.tokenizer = d.value("tokenizer", c.data.tokenizer);
       c.data.seq_len = d.value("seq_len", c.data.seq_len);
