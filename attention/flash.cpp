@@ -67,6 +67,7 @@ void set_tiles(const Tiles& t) { g_tiles = t; }
 Tiles tiles() { return effective_tiles(); }
 thread_local Tiles g_last_backward_tiles{};
 Tiles last_backward_tiles() { return g_last_backward_tiles; }
+const char* f32_tile_kernel() { return ATTNLAB_FLASH_AVX512 ? "avx512" : "blas"; }
 }  // namespace flash
 
 namespace {

@@ -35,6 +35,9 @@ Tiles tiles();
 // The tiles the last flash/local backward on this thread ran with: a call keeps the tiles in force
 // at its forward, so a backward that runs later (with other settings) still uses them.
 Tiles last_backward_tiles();
+// What computes the f32 tile products in this build: "avx512" (the register kernel, when compiled
+// for a CPU with AVX-512) or "blas" (cpu::gemm, the portable path). f64 always uses "blas".
+const char* f32_tile_kernel();
 }  // namespace flash
 
 }  // namespace attnlab

@@ -217,8 +217,8 @@ Tensor extreme(const OpDef& def, const Tensor& x, int64_t dim, bool keepdim, boo
   int64_t d = wrap_dim(op, dim, x.dim());  // before the 0-d shortcut, so a bad dim is refused there too
   if (x.dim() == 0) return x.clone();
   auto [vals, idx] = extreme_raw(op, x, d, keepdim, want_max);
-  if (needs_grad({x}))
-    record(vals, def, {x}, [idx, s = x.shape(), d, keepdim](const Tensor& g, const std::vector<bool>&) {
+  if (needs_grad({x}))  // idx = idx: clang before 16 (the fuzz build's) cannot capture a structured binding
+    record(vals, def, {x}, [idx = idx, s = x.shape(), d, keepdim](const Tensor& g, const std::vector<bool>&) {
       Tensor gk = keepdim ? g : g.unsqueeze(d);
       Tensor ik = keepdim ? idx : idx.unsqueeze(d);
       return std::vector<Tensor>{scatter_to_index(gk, ik, s, d)};

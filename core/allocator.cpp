@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <new>
@@ -53,6 +54,14 @@ size_t size_class(size_t n) {
 void* allocate(size_t nbytes) {
   size_t bytes = size_class(nbytes);
   State& s = state();
+  if constexpr (!kCaching) {
+    void* p = system_allocate(std::max<size_t>(nbytes, 1));
+    std::lock_guard<std::mutex> lock(s.mu);
+    s.st.fresh_allocations++;
+    s.st.bytes_in_use += bytes;
+    if (s.st.bytes_in_use > s.st.peak_bytes_in_use) s.st.peak_bytes_in_use = s.st.bytes_in_use;
+    return p;
+  }
   {
     std::lock_guard<std::mutex> lock(s.mu);
     auto it = s.free_lists.find(bytes);
@@ -86,7 +95,7 @@ void deallocate(void* ptr, size_t nbytes) {
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
   s.st.bytes_in_use -= bytes;
-  if (bytes <= kMaxCachedBlock && s.st.bytes_cached + bytes <= kMaxCached) {
+  if (kCaching && bytes <= kMaxCachedBlock && s.st.bytes_cached + bytes <= kMaxCached) {
     s.free_lists[bytes].push_back(ptr);
     s.st.bytes_cached += bytes;
   } else {

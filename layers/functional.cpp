@@ -116,11 +116,12 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   if (x.dtype() != weight.dtype() || x.dtype() != bias.dtype())
     fail<DTypeError>("layer_norm", "dtype mismatch: ", describe(x), ", ", describe(weight), ", ", describe(bias));
   if (!(eps > 0)) fail<ValueError>("layer_norm", "eps must be positive, got ", eps);
-  Tensor xc = x.contiguous();
+  // Named, so the contiguous copies of a strided weight or bias outlive the loop that reads them.
+  Tensor xc = x.contiguous(), wc = weight.contiguous(), bc = bias.contiguous();
   const int64_t rows = x.numel() / std::max<int64_t>(D, 1);
   Tensor y = empty(x.shape(), x.dtype()), xhat = empty(x.shape(), x.dtype()), rstd = empty({rows}, x.dtype());
   dispatch_floating(x.dtype(), "layer_norm", [&]<class T>() {
-    const T *px = xc.data<T>(), *pw = weight.contiguous().data<T>(), *pb = bias.contiguous().data<T>();
+    const T *px = xc.data<T>(), *pw = wc.data<T>(), *pb = bc.data<T>();
     T *py = y.data<T>(), *ph = xhat.data<T>(), *pr = rstd.data<T>();
 #pragma omp parallel for if (rows * D >= cpu::parallel_grain()) schedule(static)
     for (int64_t r = 0; r < rows; ++r) {

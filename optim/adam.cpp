@@ -4,6 +4,7 @@
 
 #include "autograd/grad_mode.h"
 #include "core/cpu/loops.h"
+#include "core/json_fields.h"
 
 namespace attnlab {
 
@@ -40,9 +41,11 @@ void Adam::set_lr(double lr) {
 
 void Adam::step() {
   NoGradGuard ng;
+  if (t_ >= kMaxOptimizerStep) fail<ValueError>("Adam", "step count ", t_, " is at its limit 2^53");
   ++t_;
   const double b1 = options_.beta1, b2 = options_.beta2, lr = options_.lr, eps = options_.eps;
   const double wd = options_.weight_decay;
+  // t ≥ 1 and β < 1, so β^t is in [0, 1) and both corrections are in (0, 1]: never a division by 0.
   const double bc1 = 1 - std::pow(b1, double(t_)), bc2 = 1 - std::pow(b2, double(t_));
   const double step_size = lr / bc1, inv_sqrt_bc2 = 1 / std::sqrt(bc2);
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -99,6 +102,7 @@ nlohmann::json Adam::state_json() const {
 
 void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
   try {
+    require_integers(s, "Adam::load_state", {"num_params"});
     if (s.at("name").get<std::string>() != name())
       fail<ValueError>("Adam::load_state", "state is for optimizer '", s.at("name").get<std::string>(), "', not '",
                        name(), "'");
@@ -113,6 +117,7 @@ void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
     o.weight_decay = s.at("weight_decay").get<double>();
     validate(o);
     const std::vector<bool> has = stateful_params("Adam::load_state", tensors, s, {"exp_avg", "exp_avg_sq"});
+    const int64_t step = saved_step(s, "Adam::load_state");
     std::vector<Tensor> m(params_.size()), v(params_.size());
     for (size_t i = 0; i < params_.size(); ++i) {
       if (!has[i]) continue;  // never updated
@@ -123,7 +128,7 @@ void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
       v[i] = b->second.to(params_[i].dtype()).contiguous().clone();
     }
     options_ = o;
-    t_ = s.at("step").get<int64_t>();
+    t_ = step;
     m_ = std::move(m);
     v_ = std::move(v);
   } catch (const nlohmann::json::exception& e) {

@@ -12,6 +12,20 @@
 
 namespace attnlab {
 
+// Step counts beyond 2^53 are absurd for training, are no longer exact as the double exponent of
+// Adam's bias correction, and near INT64_MAX would overflow on the next step: a saved step outside
+// [0, 2^53] is corrupt, and step() refuses to count past the bound.
+inline constexpr int64_t kMaxOptimizerStep = int64_t(1) << 53;
+
+// The "step" of an optimizer's saved scalars, validated (ValueError naming op otherwise).
+inline int64_t saved_step(const nlohmann::json& scalars, const char* op) {
+  const nlohmann::json& s = scalars.at("step");
+  if (!s.is_number_integer() || (s.is_number_unsigned() && s.get<uint64_t>() > uint64_t(kMaxOptimizerStep)) ||
+      s.get<int64_t>() < 0 || s.get<int64_t>() > kMaxOptimizerStep)
+    fail<ValueError>(op, "step must be an integer in [0, 2^53], got ", s.dump());
+  return s.get<int64_t>();
+}
+
 class Optimizer {
  public:
   virtual ~Optimizer() = default;

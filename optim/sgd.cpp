@@ -91,7 +91,7 @@ void SGD::load_state(const StateDict& tensors, const nlohmann::json& scalars) {
     if (scalars.at("name").get<std::string>() != name())
       fail<ValueError>("SGD::load_state", "state is for optimizer '", scalars.at("name").get<std::string>(),
                        "', not 'sgd'");
-    steps = scalars.at("step").get<int64_t>();
+    steps = saved_step(scalars, "SGD::load_state");
     o.lr = scalars.at("lr").get<double>();
     o.momentum = scalars.at("momentum").get<double>();
     o.nesterov = scalars.at("nesterov").get<bool>();

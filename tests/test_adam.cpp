@@ -6,6 +6,7 @@
 #include "autograd/grad_mode.h"
 #include "optim/adam.h"
 #include "optim/schedule.h"
+#include "tests/support.h"
 
 using namespace attnlab;
 
@@ -85,6 +86,43 @@ TEST_CASE("Adam validates its inputs") {
   CHECK_THROWS_AS(Adam({}, AdamOptions{}), ValueError);
   Tensor p = param({1.0});
   CHECK_THROWS_AS(Adam({p, p}, AdamOptions{}), ValueError);
+}
+
+TEST_CASE("Adam refuses a saved step it cannot count from, and steps on from the largest it accepts") {
+  // A sidecar's step of INT64_MAX was accepted, and the next step() overflowed t (UBSan).
+  Tensor p = param({0.5, -1.0});
+  Adam opt({p}, adamw_options(0.05));
+  set_grad(p, {0.1, -0.2});
+  opt.step();
+  const nlohmann::json good = opt.state_json();
+  for (const nlohmann::json& step :
+       {nlohmann::json(INT64_MAX), nlohmann::json(UINT64_MAX), nlohmann::json(-1),
+        nlohmann::json((int64_t(1) << 53) + 1), nlohmann::json(2.5), nlohmann::json("3")}) {
+    CAPTURE(step.dump());
+    nlohmann::json s = good;
+    s["step"] = step;
+    CHECK_THROWS_AS(opt.load_state(opt.state_tensors(), s), ValueError);
+    CHECK(opt.steps() == 1);  // unchanged
+  }
+  nlohmann::json count = good;
+  count["num_params"] = 1.8e19;  // a float beyond size_t: was undefined behaviour (fuzz/corpus/checkpoint)
+  CHECK_THROWS_AS(opt.load_state(opt.state_tensors(), count), ValueError);
+  nlohmann::json last = good;
+  last["step"] = kMaxOptimizerStep - 1;
+  opt.load_state(opt.state_tensors(), last);
+  opt.step();  // bias corrections at t = 2^53 are exactly 1: a finite update
+  CHECK(std::isfinite(p.at({0})));
+  CHECK(opt.steps() == kMaxOptimizerStep);
+  CHECK_THROWS_AS(opt.step(), ValueError);
+  CHECK(opt.steps() == kMaxOptimizerStep);
+}
+
+TEST_CASE("a schedule's warmup_steps must be a JSON integer") {
+  // 1e300 converted to int64 was undefined behaviour (found by fuzz/, train_config target).
+  const std::string msg = testing::message_of<ValueError>([] {
+    LRSchedule::from_json({{"kind", "cosine"}, {"warmup_steps", 1e300}}, 1e-3, 10);
+  });
+  CHECK(testing::contains(msg, "'warmup_steps' must be an integer"));
 }
 
 TEST_CASE("schedules: warmup then cosine to min_lr") {

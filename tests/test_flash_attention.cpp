@@ -429,3 +429,12 @@ TEST_CASE("the backward runs with the tiles its forward ran with, whatever the s
   CHECK(used.bwd_q == 2);
   CHECK(used.bwd_k == 3);
 }
+
+TEST_CASE("the f32 tile kernel is the one the build's target calls for") {
+  // CI runs the Release suite native (the AVX-512 kernel on AVX-512 machines) and the sanitizer suite
+  // at x86-64-v3, so both f32 paths are tested; this pins each suite to its path.
+  const std::string arch = ATTNLAB_ARCH, kernel = flash::f32_tile_kernel();
+  MESSAGE("-march=", arch.empty() ? "(compiler default)" : arch, ": f32 tile products by ", kernel);
+  if (arch == "native") CHECK(kernel == (__builtin_cpu_supports("avx512f") ? "avx512" : "blas"));
+  if (arch == "x86-64" || arch == "x86-64-v2" || arch == "x86-64-v3") CHECK(kernel == "blas");  // no AVX-512
+}

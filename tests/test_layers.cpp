@@ -8,6 +8,7 @@
 #include "autograd/grad_mode.h"
 #include "autograd/gradcheck.h"
 #include "layers/transformer.h"
+#include "tests/support.h"
 
 using namespace attnlab;
 
@@ -141,11 +142,31 @@ TEST_CASE("model configs are validated") {
   CHECK_THROWS_AS(ModelConfig::from_json({{"dropout", 1.5}}), ValueError);
   CHECK_THROWS_AS(ModelConfig::from_json({{"d_model", "big"}}), ValueError);
   CHECK_THROWS_AS(ModelConfig::from_json({{"positions", "rotary"}}), ValueError);
+  // A non-string type let a raw JSON-library exception out (found by fuzz/, model_config target).
+  CHECK_THROWS_AS(ModelConfig::from_json({{"attention", {{"type", 2}}}}), ValueError);
+  CHECK_THROWS_AS(make_attention({{"type", 2}}, AttentionContext{4, 2, nullptr}), ValueError);
+  CHECK_THROWS_AS(make_attention(3, AttentionContext{4, 2, nullptr}), ValueError);
   ModelConfig c = ModelConfig::from_json({{"d_model", 64}, {"n_heads", 4}});
   CHECK(c.d_ff == 256);
   CHECK(ModelConfig::from_json(c.to_json()).to_json() == c.to_json());
   AttentionContext ctx{16, 4, std::make_shared<Generator>(0)};
   CHECK_THROWS_AS(make_attention({{"type", "nonexistent"}}, ctx), ValueError);
+}
+
+TEST_CASE("the default d_ff = 4 * d_model is computed only when d_ff is absent, and never wraps") {
+  // 4 * d_model was computed even with d_ff given (signed overflow, UBSan), and without d_ff
+  // d_model = 2^62 + 1 wrapped to d_ff = 4 and was accepted.
+  const int64_t huge = (int64_t(1) << 62) + 1;
+  std::string msg = testing::message_of<ValueError>([&] {
+    ModelConfig::from_json({{"d_model", huge}, {"n_heads", 1}});
+  });
+  CHECK(testing::contains(msg, "d_ff"));
+  // With d_ff given, d_model is judged on its own (valid here, or refused by a size bound): never UB.
+  try {
+    CHECK(ModelConfig::from_json({{"d_model", huge}, {"n_heads", 1}, {"d_ff", 64}}).d_ff == 64);
+  } catch (const ValueError&) {
+  }
+  CHECK(ModelConfig::from_json({{"d_model", 24}, {"n_heads", 2}}).d_ff == 96);
 }
 
 TEST_CASE("softmax attention: fully masked rows give zeros and zero gradients") {
@@ -175,4 +196,21 @@ TEST_CASE("a failed load_state_dict leaves the model untouched") {
   sd["head.weight"] = zeros({1});
   CHECK_THROWS_AS(b.load_state_dict(sd), ShapeError);
   CHECK(equal(before, b.forward(ids)));
+}
+
+TEST_CASE("layer_norm with strided weight and bias reads their values, not freed copies") {
+  // Strided parameters are copied to contiguous memory; the copies must live through the loop that
+  // reads them (a pointer into a temporary was a use after free that the caching allocator hid: the
+  // bias copy reused the weight copy's block, so y came out as x̂ b + b).
+  Generator g(11);
+  for (DType dt : {DType::f32, DType::f64}) {
+    INFO(std::string(dtype_name(dt)));
+    Tensor x = randn({3, 4}, dt, &g);
+    Tensor w2 = randn({4, 2}, dt, &g), b2 = randn({4, 2}, dt, &g);
+    Tensor w = w2.select(1, 0), b = b2.select(1, 1);  // stride 2
+    REQUIRE_FALSE(w.is_contiguous());
+    REQUIRE_FALSE(b.is_contiguous());
+    Tensor want = layer_norm(x, w.contiguous(), b.contiguous());
+    CHECK(allclose(layer_norm(x, w, b), want, 1e-6, 1e-6));
+  }
 }

@@ -261,6 +261,12 @@ TEST_CASE("SGD load_state rejects state that does not fit, and changes nothing t
   nlohmann::json bad_lr = good;
   bad_lr["lr"] = -1.0;
   rejects({}, bad_lr, "an invalid hyper-parameter");
+  nlohmann::json huge_step = good;
+  huge_step["step"] = INT64_MAX;
+  rejects({}, huge_step, "a step beyond 2^53");
+  nlohmann::json negative_step = good;
+  negative_step["step"] = -3;
+  rejects({}, negative_step, "a negative step");
   rejects({{"1.momentum_buffer", buf}}, good, "a slot for a parameter that does not exist");
   rejects({{"0.exp_avg", buf}}, good, "an unknown slot name");
   rejects({{"x.momentum_buffer", buf}}, good, "a non-numeric index");

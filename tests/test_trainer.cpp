@@ -116,6 +116,33 @@ TEST_CASE("malformed training configs are rejected with a clear error") {
   fs::remove_all(dir);
 }
 
+TEST_CASE("config values found by fuzzing are refused with a ValueError naming the field") {
+  // Each was undefined behaviour (a float beyond int64 converted to an integer) or let a raw
+  // JSON-library exception out; fuzz/corpus holds the inputs the fuzzer wrote.
+  auto refusal = [](const nlohmann::json& j) {
+    try {
+      TrainConfig::from_json(j);
+    } catch (const ValueError& e) {
+      return std::string(e.what());
+    } catch (const std::exception& e) {
+      FAIL("not a ValueError: ", e.what());
+    }
+    FAIL("accepted: ", j.dump());
+    return std::string();
+  };
+  auto says = [](const std::string& msg, const char* part) {
+    CAPTURE(msg);
+    CHECK(msg.find(part) != std::string::npos);
+  };
+  says(refusal({{"model", {{"d_model", 1e300}}}}), "'d_model' must be an integer");
+  says(refusal(nlohmann::json::parse(R"({"model": {"d_model": 4611686086018427387904}})")),
+       "'d_model' must be an integer");
+  says(refusal({{"model", {{"seed", -1.5}}}}), "'seed' must be an integer");
+  says(refusal({{"steps", 1e300}}), "'steps' must be an integer");
+  says(refusal({{"data", {{"batch_size", 1e19}}}}), "'batch_size' must be an integer");
+  says(refusal({{"model", "softmax"}}), "'model' must be a JSON object");
+}
+
 TEST_CASE("the shipped configs parse") {
   for (const auto& entry : fs::directory_iterator(fs::path(ATTNLAB_SOURCE_DIR) / "configs")) {
     if (entry.path().extension() != ".json") continue;

@@ -14,7 +14,8 @@ namespace attnlab::cpu {
 // degree-6 minimax polynomial for e^r (Cephes expf coefficients) scaled by 2^n through the exponent bits.
 [[gnu::always_inline]] inline float exp_approx(float x) {
   const float hi = 88.7228391f, lo = -86.6433976f;  // lo = -125 ln 2: 2^n stays a normal float
-  const float xc = x > hi ? hi : (x < lo ? lo : x);
+  // NaN fails x >= lo and goes to lo, so int32_t(n) below is defined (UBSan); the end restores it.
+  const float xc = x > hi ? hi : (x >= lo ? x : lo);
   // Round to nearest by the 1.5·2^23 trick: plain arithmetic, so the loop vectorises.
   const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - n * 0.693359375f;
