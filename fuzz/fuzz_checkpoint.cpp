@@ -39,14 +39,15 @@ const std::string& prefix() {
     Trainee t;
     StateDict moments;
     for (size_t i = 0; i < t.opt.params().size(); ++i) {
-      Tensor p = t.opt.params()[i];  // a handle: copy_ writes the parameter
+      Tensor param = t.opt.params()[i];  // a handle: copy_ writes the parameter
       NoGradGuard ng;
-      p.copy_(exact(p.shape(), 0.25f, -2));
-      moments[std::to_string(i) + ".exp_avg"] = exact(p.shape(), 0.125f, -2);
-      moments[std::to_string(i) + ".exp_avg_sq"] = exact(p.shape(), 0.0625f, 0);
+      param.copy_(exact(param.shape(), 0.25f, -2));
+      moments[std::to_string(i) + ".exp_avg"] = exact(param.shape(), 0.125f, -2);
+      moments[std::to_string(i) + ".exp_avg_sq"] = exact(param.shape(), 0.0625f, 0);
     }
     nlohmann::json scalars = t.opt.state_json();
     scalars["step"] = 7;
+    scalars["stateful_params"] = {0, 1};  // both parameters have moments
     t.opt.load_state(moments, scalars);
     CheckpointState st;
     st.step = 7;

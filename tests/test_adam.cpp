@@ -122,7 +122,7 @@ TEST_CASE("a schedule's warmup_steps must be a JSON integer") {
   const std::string msg = testing::message_of<ValueError>([] {
     LRSchedule::from_json({{"kind", "cosine"}, {"warmup_steps", 1e300}}, 1e-3, 10);
   });
-  CHECK(testing::contains(msg, "'warmup_steps' must be an integer"));
+  CHECK(testing::contains(msg, "warmup_steps: must be an integer"));
 }
 
 TEST_CASE("schedules: warmup then cosine to min_lr") {

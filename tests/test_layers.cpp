@@ -153,20 +153,17 @@ TEST_CASE("model configs are validated") {
   CHECK_THROWS_AS(make_attention({{"type", "nonexistent"}}, ctx), ValueError);
 }
 
-TEST_CASE("the default d_ff = 4 * d_model is computed only when d_ff is absent, and never wraps") {
+TEST_CASE("the default d_ff = 4 * d_model never wraps: d_model is bounded before the default is formed") {
   // 4 * d_model was computed even with d_ff given (signed overflow, UBSan), and without d_ff
   // d_model = 2^62 + 1 wrapped to d_ff = 4 and was accepted.
   const int64_t huge = (int64_t(1) << 62) + 1;
-  std::string msg = testing::message_of<ValueError>([&] {
-    ModelConfig::from_json({{"d_model", huge}, {"n_heads", 1}});
-  });
-  CHECK(testing::contains(msg, "d_ff"));
-  // With d_ff given, d_model is judged on its own (valid here, or refused by a size bound): never UB.
-  try {
-    CHECK(ModelConfig::from_json({{"d_model", huge}, {"n_heads", 1}, {"d_ff", 64}}).d_ff == 64);
-  } catch (const ValueError&) {
+  for (const nlohmann::json& j : {nlohmann::json{{"d_model", huge}, {"n_heads", 1}},
+                                  nlohmann::json{{"d_model", huge}, {"n_heads", 1}, {"d_ff", 64}}}) {
+    const std::string msg = testing::message_of<ValueError>([&] { ModelConfig::from_json(j); });
+    CHECK(testing::contains(msg, "model.d_model: must be an integer in [1, "));
   }
   CHECK(ModelConfig::from_json({{"d_model", 24}, {"n_heads", 2}}).d_ff == 96);
+  CHECK(ModelConfig::from_json({{"d_model", 24}, {"n_heads", 2}, {"d_ff", 10}}).d_ff == 10);
 }
 
 TEST_CASE("softmax attention: fully masked rows give zeros and zero gradients") {

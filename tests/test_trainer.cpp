@@ -134,13 +134,13 @@ TEST_CASE("config values found by fuzzing are refused with a ValueError naming t
     CAPTURE(msg);
     CHECK(msg.find(part) != std::string::npos);
   };
-  says(refusal({{"model", {{"d_model", 1e300}}}}), "'d_model' must be an integer");
+  says(refusal({{"model", {{"d_model", 1e300}}}}), "model.d_model: must be an integer");
   says(refusal(nlohmann::json::parse(R"({"model": {"d_model": 4611686086018427387904}})")),
-       "'d_model' must be an integer");
-  says(refusal({{"model", {{"seed", -1.5}}}}), "'seed' must be an integer");
-  says(refusal({{"steps", 1e300}}), "'steps' must be an integer");
-  says(refusal({{"data", {{"batch_size", 1e19}}}}), "'batch_size' must be an integer");
-  says(refusal({{"model", "softmax"}}), "'model' must be a JSON object");
+       "model.d_model: must be an integer");
+  says(refusal({{"model", {{"seed", -1.5}}}}), "model.seed: must be an integer");
+  says(refusal({{"steps", 1e300}}), "steps: must be an integer");
+  says(refusal({{"data", {{"batch_size", 1e19}}}}), "data.batch_size: must be an integer");
+  says(refusal({{"model", "softmax"}}), "model: must be a JSON object");
 }
 
 TEST_CASE("the shipped configs parse") {
