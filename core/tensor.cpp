@@ -288,7 +288,11 @@ Tensor scalar_tensor(double value, DType t) { return full({}, value, t); }
 Tensor arange(double start, double end, double step, DType t) {
   if (step == 0 || !std::isfinite(start) || !std::isfinite(end) || !std::isfinite(step))
     fail<ValueError>("arange", "needs finite bounds and a non-zero step, got (", start, ", ", end, ", ", step, ")");
-  int64_t n = std::max<int64_t>(0, int64_t(std::ceil((end - start) / step)));
+  // The count as a double first: beyond int64 the cast would be undefined, so refuse it here.
+  const double count = std::ceil((end - start) / step);
+  if (!(count < 0x1p62))
+    fail<MemoryError>("arange", "(", start, ", ", end, ", ", step, ") has ", count, " elements: beyond any memory");
+  const int64_t n = std::max<int64_t>(0, int64_t(count));
   Tensor out = empty({n}, t);
   dispatch_all(t, [&]<class T>() {
     T* p = out.data<T>();

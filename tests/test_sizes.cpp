@@ -53,3 +53,10 @@ TEST_CASE("views whose element count overflows are refused; the allocator refuse
   CHECK_THROWS_AS(cpu_allocator::size_class(SIZE_MAX), MemoryError);
   CHECK(cpu_allocator::size_class(5000) >= 5000);
 }
+
+TEST_CASE("arange with an absurd element count is refused before its count is cast") {
+  CHECK_THROWS_AS(arange(0.0, 1e300, 1.0), MemoryError);  // the cast to int64 was undefined behaviour
+  CHECK_THROWS_AS(arange(0.0, 1.0, 1e-300), MemoryError);
+  CHECK(arange(0.0, 3.0, 1.0).numel() == 3);
+  CHECK(arange(3.0, 0.0, 1.0).numel() == 0);
+}
