@@ -221,13 +221,9 @@ std::ostream& operator<<(std::ostream& os, const Tensor& t) {
 namespace {
 // "linear (functional.cpp:47)": the function that asked for a tensor, for size errors.
 std::string requester(const SourceLocation& loc) {
-  std::string f = loc.function_name();
-  f = f.substr(0, f.find('('));  // "attnlab::Tensor attnlab::linear" (lambdas: their enclosing function)
-  if (auto sp = f.rfind(' '); sp != std::string::npos) f = f.substr(sp + 1);
-  if (auto ns = f.rfind("::"); ns != std::string::npos) f = f.substr(ns + 2);
-  std::string file = loc.file_name();
+  std::string file = loc.file;
   if (auto sl = file.rfind('/'); sl != std::string::npos) file = file.substr(sl + 1);
-  return cat(f, " (", file, ":", loc.line(), ")");
+  return cat(loc.function, " (", file, ":", loc.line, ")");
 }
 
 std::string bytes_str(double b) {

@@ -5,7 +5,6 @@
 #include <initializer_list>
 #include <memory>
 #include <ostream>
-#include <source_location>
 #include <string>
 #include <vector>
 
@@ -132,7 +131,17 @@ std::string describe(const Tensor& t);  // "f32[2, 3]" for messages
 // Creation functions take the caller's source location: a tensor too large for the machine (or for
 // 64-bit sizes) is refused before any memory is touched, with a MemoryError naming the function that
 // asked for it and how much.
-using SourceLocation = std::source_location;
+struct SourceLocation {
+  const char* file = "";
+  const char* function = "";
+  int line = 0;
+  // The builtins (GCC and clang alike; clang 14 has no std::source_location) take the location of
+  // the call that evaluates this default argument: the caller of empty(), zeros(), ...
+  static constexpr SourceLocation current(const char* file = __builtin_FILE(),
+                                          const char* function = __builtin_FUNCTION(), int line = __builtin_LINE()) {
+    return {file, function, line};
+  }
+};
 Tensor empty(const Shape& s, DType t = DType::f32, Device d = Device::cpu, SourceLocation loc = SourceLocation::current());
 Tensor zeros(const Shape& s, DType t = DType::f32, SourceLocation loc = SourceLocation::current());
 Tensor ones(const Shape& s, DType t = DType::f32, SourceLocation loc = SourceLocation::current());
