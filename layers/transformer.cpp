@@ -10,7 +10,8 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
   if (!j.is_object()) fail<ValueError>("model config", "expected a JSON object, got ", j.dump());
   static const std::vector<std::string> known = {"vocab_size", "d_model",    "n_layers",  "n_heads",
                                                  "d_ff",       "max_len",    "dropout",   "positions",
-                                                 "activation", "attention",  "num_classes", "seed"};
+                                                 "activation", "attention",  "num_classes", "loss",
+                                                 "seed"};
   for (auto& [key, value] : j.items())
     if (std::find(known.begin(), known.end(), key) == known.end())
       fail<ValueError>("model config", "unknown key '", key, "'");
@@ -27,6 +28,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j) {
     c.activation = j.value("activation", c.activation);
     if (j.contains("attention")) c.attention = j["attention"];
     c.num_classes = j.value("num_classes", c.num_classes);
+    if (j.contains("loss")) c.loss = ClassifierLoss::from_json(j["loss"]).to_json();
     c.seed = j.value("seed", c.seed);
   } catch (const nlohmann::json::exception& e) {
     fail<ValueError>("model config", "wrong value type: ", e.what());
@@ -64,6 +66,7 @@ nlohmann::json ModelConfig::to_json() const {
                       {"dropout", dropout},       {"positions", positions},   {"activation", activation},
                       {"attention", attention},   {"seed", seed}};
   if (num_classes > 0) j["num_classes"] = num_classes;
+  if (loss != "cross_entropy") j["loss"] = loss;
   return j;
 }
 
@@ -160,7 +163,7 @@ Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets) const {
 }
 
 SequenceClassifier::SequenceClassifier(const ModelConfig& c, DType t)
-    : cfg_(c), gen_(std::make_shared<Generator>(c.seed, 1)) {
+    : cfg_(c), gen_(std::make_shared<Generator>(c.seed, 1)), loss_(ClassifierLoss::from_json(c.loss)) {
   if (c.num_classes <= 0) fail<ValueError>("SequenceClassifier", "num_classes must be positive");
   Generator init_gen(c.seed, 0);
   trunk = register_module("trunk", std::make_shared<TransformerTrunk>(c, gen_, init_gen, t));
@@ -181,6 +184,11 @@ Tensor SequenceClassifier::forward(const Tensor& ids, const Tensor& key_padding)
     pooled = mean(h, 1);
   }
   return head->forward(pooled);
+}
+
+Tensor SequenceClassifier::loss(const Tensor& ids, const Tensor& labels, const Tensor& key_padding,
+                                int64_t ignore_index) const {
+  return loss_(forward(ids, key_padding), labels, ignore_index);
 }
 
 }  // namespace attnlab

@@ -18,6 +18,8 @@
 #include "autograd/registry.h"
 #include "core/cpu/loops.h"
 #include "core/rng.h"
+#include "layers/losses.h"
+#include "layers/transformer.h"
 #include "support.h"
 
 using namespace attnlab;
@@ -120,8 +122,9 @@ void check_rows_sum_to_one(const Tensor& p, double tol) {
 
 }  // namespace
 
-TEST_CASE("float64 gradcheck of every entmax op through the registry, ∂/∂α included") {
-  for (const char* name : {"sparsemax", "entmax15", "entmax_bisect"}) {
+TEST_CASE("float64 gradcheck of every entmax op and loss through the registry, ∂/∂α included") {
+  for (const char* name :
+       {"sparsemax", "entmax15", "entmax_bisect", "sparsemax_loss", "entmax15_loss", "entmax_bisect_loss"}) {
     const OpDef* op = find_op(name);
     REQUIRE_MESSAGE(op != nullptr, name, " is not registered");
     CHECK(op->cases.size() >= 3);
@@ -400,4 +403,105 @@ TEST_CASE("bad input: a clear error naming the op and the shapes") {
   EntmaxBisectOptions o;
   o.max_iter = 0;
   CHECK(contains(message_of<ValueError>([&] { entmax_bisect(x, 1.5, -1, o); }), "max_iter"));
+}
+
+TEST_CASE("Fenchel–Young losses: fixtures, ≥ 0, gradient p − onehot, ignore_index and reductions") {
+  Tensor z = matrix({{-2, 0, 0.5}, {-2, 0, 0.5}});
+  Tensor y = from_vector(std::vector<int64_t>{2, 1}, {2});
+  FenchelYoungOptions none;
+  none.reduction = Reduction::none;
+  std::vector<double> l = sparsemax_loss(z, y, none).to_vector<double>();
+  CHECK(l[0] == doctest::Approx(0.0625).epsilon(1e-12));
+  CHECK(l[1] == doctest::Approx(0.5625).epsilon(1e-12));
+  // α = 2 and 1.5 through bisection give the exact losses.
+  CHECK(max_abs_diff(entmax_bisect_loss(z, y, 2.0, none), sparsemax_loss(z, y, none)) < 1e-12);
+  CHECK(max_abs_diff(entmax_bisect_loss(z, y, 1.5, none), entmax15_loss(z, y, none)) < 1e-12);
+
+  Generator g(21);
+  Tensor logits = randn({6, 5}, DType::f64, &g) * 3.0;
+  Tensor t = from_vector(std::vector<int64_t>{0, 4, -100, 2, 2, 1}, {6});
+  using LossFn = std::function<Tensor(const Tensor&, const FenchelYoungOptions&)>;
+  struct Named {
+    const char* name;
+    LossFn loss;
+    MapFn map;
+  };
+  std::vector<Named> losses = {
+      {"sparsemax", [&](const Tensor& v, const FenchelYoungOptions& o) { return sparsemax_loss(v, t, o); },
+       [](const Tensor& v, int64_t d) { return sparsemax(v, d); }},
+      {"entmax15", [&](const Tensor& v, const FenchelYoungOptions& o) { return entmax15_loss(v, t, o); },
+       [](const Tensor& v, int64_t d) { return entmax15(v, d); }},
+      {"bisect 1.3", [&](const Tensor& v, const FenchelYoungOptions& o) { return entmax_bisect_loss(v, t, 1.3, o); },
+       [](const Tensor& v, int64_t d) { return entmax_bisect(v, 1.3, d); }}};
+  for (const Named& n : losses) {
+    INFO(n.name);
+    std::vector<double> rows = n.loss(logits, none).to_vector<double>();
+    CHECK(rows[2] == 0.0);  // ignored
+    for (double r : rows) CHECK(r >= -1e-12);
+    const double total = std::accumulate(rows.begin(), rows.end(), 0.0);
+    FenchelYoungOptions sum_o;
+    sum_o.reduction = Reduction::sum;
+    CHECK(n.loss(logits, sum_o).item<double>() == doctest::Approx(total).epsilon(1e-12));
+    CHECK(n.loss(logits, {}).item<double>() == doctest::Approx(total / 5).epsilon(1e-12));
+    // ∂(mean)/∂z = (p − onehot) / count on kept rows, 0 on the ignored one.
+    Tensor leaf = logits.detach().clone().set_requires_grad(true);
+    n.loss(leaf, {}).backward();
+    Tensor p = n.map(logits, -1);
+    Tensor expected = (p - one_hot(clamp(t.to(DType::f64), 0, 4).to(DType::i64), 5, DType::f64)) / 5.0;
+    expected = where(eq(t, scalar_tensor(-100, DType::i64)).unsqueeze(1), zeros({}, DType::f64), expected);
+    CHECK(max_abs_diff(leaf.grad(), expected) < 1e-12);
+  }
+  // A sure prediction (p = e_y) costs exactly 0.
+  Tensor sure = matrix({{10, 0, 0}}), first = from_vector(std::vector<int64_t>{0}, {1});
+  CHECK(sparsemax_loss(sure, first).item<double>() == 0.0);
+  CHECK(entmax15_loss(sure, first).item<double>() == 0.0);
+  CHECK(entmax_bisect_loss(sure, first, 1.3).item<double>() == doctest::Approx(0.0));
+  // Errors.
+  CHECK(contains(message_of<ShapeError>([&] { sparsemax_loss(zeros({3}, DType::f64), t); }), "sparsemax_loss"));
+  CHECK(contains(message_of<IndexError>([&] {
+                   entmax15_loss(logits, from_vector(std::vector<int64_t>{0, 1, 2, 3, 4, 5}, {6}));
+                 }),
+                 "out of range"));
+  CHECK(contains(message_of<ValueError>([&] { entmax_bisect_loss(logits, t, 0.5); }), "alpha"));
+  Tensor all_ignored = full({6}, -100, DType::i64);
+  CHECK(contains(message_of<ValueError>([&] { sparsemax_loss(logits, all_ignored); }), "ignore_index"));
+}
+
+TEST_CASE("the classifier's loss from its config") {
+  nlohmann::json base = {{"vocab_size", 11}, {"d_model", 8}, {"n_layers", 1},   {"n_heads", 2},
+                         {"d_ff", 16},       {"max_len", 8}, {"num_classes", 3}};
+  Generator g(4);
+  Tensor ids = randint(0, 11, {4, 6}, &g);
+  Tensor labels = from_vector(std::vector<int64_t>{0, 2, 1, 2}, {4});
+  struct Case {
+    nlohmann::json loss;
+    std::function<Tensor(const Tensor&)> expected;
+  };
+  std::vector<Case> cases = {{"sparsemax", [&](const Tensor& z) { return sparsemax_loss(z, labels); }},
+                             {"entmax15", [&](const Tensor& z) { return entmax15_loss(z, labels); }},
+                             {{{"type", "entmax_bisect"}, {"alpha", 1.3}},
+                              [&](const Tensor& z) { return entmax_bisect_loss(z, labels, 1.3); }},
+                             {"cross_entropy", [&](const Tensor& z) { return cross_entropy(z, labels); }}};
+  for (const Case& c : cases) {
+    INFO(c.loss.dump());
+    nlohmann::json j = base;
+    j["loss"] = c.loss;
+    ModelConfig mc = ModelConfig::from_json(j);
+    CHECK(ModelConfig::from_json(mc.to_json()).loss == mc.loss);
+    SequenceClassifier clf(mc);
+    Tensor loss = clf.loss(ids, labels);
+    CHECK(loss.item<double>() == doctest::Approx(c.expected(clf.forward(ids)).item<double>()).epsilon(1e-6));
+    loss.backward();  // reaches the parameters
+    CHECK(clf.head->weight.grad().defined());
+  }
+  CHECK(!ModelConfig::from_json(base).to_json().contains("loss"));
+  auto bad = [&](const nlohmann::json& loss) {
+    nlohmann::json j = base;
+    j["loss"] = loss;
+    return message_of<ValueError>([&] { ModelConfig::from_json(j); });
+  };
+  CHECK(contains(bad("hinge"), "unknown loss type 'hinge'"));
+  CHECK(contains(bad({{"type", "entmax_bisect"}, {"alpha", 0.9}}), "alpha"));
+  CHECK(contains(bad({{"type", "sparsemax"}, {"alpha", 1.3}}), "entmax_bisect only"));
+  CHECK(contains(bad({{"type", "entmax15"}, {"temperature", 2}}), "unknown key 'temperature'"));
 }
