@@ -23,7 +23,8 @@ namespace {
 // ---- powers --------------------------------------------------------------------------------------
 // p = t^β with β = 1/(α−1) and t = (α−1)(z − max) − τ > 0, its τ-derivatives, s = p^(2−α) and p^α.
 // sparsemax (β = 1) and 1.5-entmax (β = 2) need no pow at all; the general form uses the
-// vectorisable pow for f32 (cpu::pow_fast).
+// vectorisable pow for f32 (cpu::pow_fast). The loops that call them are flattened, so that the
+// policy and the pow polynomials are inlined into the SIMD loop whatever the inliner's budget.
 
 template <class T>
 struct Linear {  // α = 2
@@ -155,17 +156,18 @@ struct RootEval {
   double f, d1, d2;
 };
 template <class T, class Power>
-RootEval eval_root(const T* y, int64_t c, T tau, const Power& pw) {
+[[gnu::flatten]] RootEval eval_root(const T* y, int64_t c, T tau, const Power& pw) {
   double f = 0, d1 = 0, d2 = 0;
 #pragma omp simd reduction(+ : f, d1, d2)
   for (int64_t i = 0; i < c; ++i) {
     const T t = y[i] - tau;
     const bool on = t > 0;
-    const T tt = on ? t : T(1);  // keeps pow and the divisions finite off the support
-    const T p = pw.prob(tt);
-    f += on ? double(p) : 0.0;
-    d1 += on ? double(pw.d1(tt, p)) : 0.0;
-    d2 += on ? double(pw.d2(tt, p)) : 0.0;
+    // Computed for every t, kept where t > 0: whatever pow and the divisions give off the support
+    // (NaN, inf) is dropped by the selects, and the loop stays branch-free.
+    const T p = pw.prob(t), dp = pw.d1(t, p), d2p = pw.d2(t, p);
+    f += double(on ? p : T(0));
+    d1 += double(on ? dp : T(0));
+    d2 += double(on ? d2p : T(0));
   }
   return {f - 1, -d1, d2};
 }
@@ -213,7 +215,7 @@ Threshold<T> bisect_threshold_with(const T* z, int64_t n, const Power& pw, int m
 }
 
 template <class T, class Power>
-double write_with(const T* z, int64_t n, const Power& pw, const Threshold<T>& th, T* out) {
+[[gnu::flatten]] double write_with(const T* z, int64_t n, const Power& pw, const Threshold<T>& th, T* out) {
   if (th.support < 0) {
     std::fill(out, out + n, std::numeric_limits<T>::quiet_NaN());
     return std::numeric_limits<double>::quiet_NaN();
@@ -235,7 +237,7 @@ double write_with(const T* z, int64_t n, const Power& pw, const Threshold<T>& th
 }
 
 template <class T, class Power>
-void backward_with(const T* p, const T* g, int64_t n, const Power& pw, T* dz, double* dalpha) {
+[[gnu::flatten]] void backward_with(const T* p, const T* g, int64_t n, const Power& pw, T* dz, double* dalpha) {
   double S = 0, Sg = 0;  // Σ s, Σ s g
 #pragma omp simd reduction(+ : S, Sg)
   for (int64_t i = 0; i < n; ++i) {
@@ -269,7 +271,7 @@ void backward_with(const T* p, const T* g, int64_t n, const Power& pw, T* dz, do
 }
 
 template <class T, class Power>
-double entropy_with(const T* p, int64_t n, const Power& pw) {
+[[gnu::flatten]] double entropy_with(const T* p, int64_t n, const Power& pw) {
   double sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) sum += double(pw.pow_alpha(p[i]));
