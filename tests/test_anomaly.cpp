@@ -34,19 +34,19 @@ Tensor ids_for(int64_t B, int64_t T) {
 }
 
 // Sets one element of a parameter (a leaf) without autograd seeing a write.
-void plant(Tensor& param, int64_t flat, double value) {
+void plant(const Tensor& param, int64_t flat, double value) {
   std::vector<double> v = param.to(DType::f64).to_vector<double>();
   v[size_t(flat)] = value;
   Tensor replacement = from_vector(v, param.shape()).to(param.dtype());
   std::memcpy(param.raw_data(), replacement.raw_data(), size_t(param.numel()) * dtype_size(param.dtype()));
 }
 
-Tensor& param(Module& m, const std::string& name) {
-  for (auto& [n, p] : m.named_parameters())
-    if (n == name) return const_cast<Tensor&>(p);
+// A handle on a named parameter (it shares the parameter's storage).
+Tensor param(const Module& m, const std::string& name) {
+  for (const auto& [n, p] : m.named_parameters())
+    if (n == name) return p;
   FAIL("no parameter ", name);
-  static Tensor none;
-  return none;
+  return Tensor();
 }
 
 // Forward with a backward that returns NaN: stands for a broken hand-written backward.
