@@ -14,18 +14,7 @@ using namespace cases;
 
 namespace {
 
-struct Layout {
-  int64_t outer = 1, R = 1, inner = 1;
-};
-Layout layout_of(const Shape& s, int64_t dim) {
-  Layout l;
-  for (int64_t i = 0; i < int64_t(s.size()); ++i) {
-    if (i < dim) l.outer *= s[i];
-    else if (i == dim) l.R = s[i];
-    else l.inner *= s[i];
-  }
-  return l;
-}
+using Layout = cpu::DimLayout;
 Shape reduced_shape(const Shape& s, int64_t dim, bool keepdim) {
   Shape r = s;
   if (r.empty()) return r;
@@ -81,7 +70,7 @@ void sum_kernel(const T* x, T* out, const Layout& l) {
 
 Tensor sum_dim_raw(const Tensor& x, int64_t dim, bool keepdim) {
   Tensor xc = x.contiguous();
-  Layout l = layout_of(x.shape(), dim);
+  Layout l = cpu::dim_layout(x.shape(), dim);
   Tensor out = empty(reduced_shape(x.shape(), dim, keepdim), x.dtype());
   dispatch_floating(x.dtype(), "sum", [&]<class T>() { sum_kernel<T>(xc.data<T>(), out.data<T>(), l); });
   return out;
@@ -172,7 +161,7 @@ namespace {
 std::pair<Tensor, Tensor> extreme_raw(const char* op, const Tensor& x, int64_t dim, bool keepdim, bool want_max) {
   if (x.dim() > 0 && x.shape()[dim] == 0) fail<ValueError>(op, "reduction over an empty dim of ", describe(x));
   Tensor xc = x.contiguous();
-  Layout l = layout_of(x.shape(), dim);
+  Layout l = cpu::dim_layout(x.shape(), dim);
   Shape rs = reduced_shape(x.shape(), dim, keepdim);
   Tensor vals = empty(rs, x.dtype()), idx = empty(rs, DType::i64);
   dispatch_floating(x.dtype(), op, [&]<class T>() {
@@ -198,7 +187,7 @@ std::pair<Tensor, Tensor> extreme_raw(const char* op, const Tensor& x, int64_t d
 Tensor scatter_to_index(const Tensor& g, const Tensor& idx, const Shape& shape, int64_t dim) {
   Tensor gx = zeros(shape, g.dtype());
   Tensor gc = g.contiguous(), ic = idx.contiguous();
-  Layout l = layout_of(shape, dim);
+  Layout l = cpu::dim_layout(shape, dim);
   dispatch_floating(g.dtype(), "max backward", [&]<class T>() {
     T* px = gx.data<T>();
     const T* pg = gc.data<T>();
@@ -262,7 +251,7 @@ enum class RowOp { logsumexp, softmax, log_softmax };
 Tensor row_normalise(const char* op, const Tensor& x, int64_t dim, RowOp kind, bool keepdim) {
   check_float(op, x);
   Tensor xc = x.contiguous();
-  Layout l = layout_of(x.shape(), dim);
+  Layout l = cpu::dim_layout(x.shape(), dim);
   if (l.R == 0 && kind == RowOp::logsumexp) return full(reduced_shape(x.shape(), dim, keepdim), -INFINITY, x.dtype());
   Tensor out = empty(kind == RowOp::logsumexp ? reduced_shape(x.shape(), dim, keepdim) : x.shape(), x.dtype());
   dispatch_floating(x.dtype(), op, [&]<class T>() {

@@ -25,6 +25,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& p
     c.attention = *a;
   }
   c.num_classes = s.integer("num_classes", c.num_classes, 0, kMaxClasses);
+  if (const nlohmann::json* l = s.value("loss")) c.loss = ClassifierLoss::from_json(*l).to_json();
   c.seed = s.seed("seed", c.seed);
   s.finish();
   if (c.d_model % c.n_heads != 0) s.fail("n_heads", "d_model ", c.d_model, " is not divisible by n_heads ", c.n_heads);
@@ -51,6 +52,7 @@ nlohmann::json ModelConfig::to_json() const {
                       {"dropout", dropout},       {"positions", positions},   {"activation", activation},
                       {"attention", attention},   {"seed", seed}};
   if (num_classes > 0) j["num_classes"] = num_classes;
+  if (loss != "cross_entropy") j["loss"] = loss;
   return j;
 }
 
@@ -147,7 +149,7 @@ Tensor CausalLM::loss(const Tensor& ids, const Tensor& targets) const {
 }
 
 SequenceClassifier::SequenceClassifier(const ModelConfig& c, DType t)
-    : cfg_(c), gen_(std::make_shared<Generator>(c.seed, 1)) {
+    : cfg_(c), gen_(std::make_shared<Generator>(c.seed, 1)), loss_(ClassifierLoss::from_json(c.loss)) {
   if (c.num_classes <= 0) fail<ValueError>("SequenceClassifier", "num_classes must be positive");
   Generator init_gen(c.seed, 0);
   trunk = register_module("trunk", std::make_shared<TransformerTrunk>(c, gen_, init_gen, t));
@@ -168,6 +170,11 @@ Tensor SequenceClassifier::forward(const Tensor& ids, const Tensor& key_padding)
     pooled = mean(h, 1);
   }
   return head->forward(pooled);
+}
+
+Tensor SequenceClassifier::loss(const Tensor& ids, const Tensor& labels, const Tensor& key_padding,
+                                int64_t ignore_index) const {
+  return loss_(forward(ids, key_padding), labels, ignore_index);
 }
 
 }  // namespace attnlab

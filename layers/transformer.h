@@ -5,6 +5,7 @@
 
 #include "attention/attention.h"
 #include "layers/layers.h"
+#include "layers/losses.h"
 
 namespace attnlab {
 
@@ -30,6 +31,8 @@ struct ModelConfig {
   std::string activation = "gelu";
   nlohmann::json attention = {{"type", "softmax"}};
   int64_t num_classes = 0;  // > 0 for the sequence classifier
+  // The classifier's loss: "cross_entropy", "sparsemax", "entmax15" or {"type": "entmax_bisect", "alpha": α}.
+  nlohmann::json loss = "cross_entropy";
   uint64_t seed = 0;
 
   // Validates every key (unknown ones are errors), the sizes against the bounds above, and the
@@ -100,6 +103,10 @@ class SequenceClassifier : public Module {
  public:
   explicit SequenceClassifier(const ModelConfig& c, DType t = DType::f32);
   Tensor forward(const Tensor& ids, const Tensor& key_padding = Tensor()) const;
+  // The configured loss (cfg.loss) of forward(ids, key_padding) against labels i64 [B], mean over
+  // the labels that are not ignore_index.
+  Tensor loss(const Tensor& ids, const Tensor& labels, const Tensor& key_padding = Tensor(),
+              int64_t ignore_index = -100) const;
   const ModelConfig& config() const { return cfg_; }
   Generator& dropout_generator() { return *gen_; }
   std::shared_ptr<TransformerTrunk> trunk;
@@ -108,6 +115,7 @@ class SequenceClassifier : public Module {
  private:
   ModelConfig cfg_;
   std::shared_ptr<Generator> gen_;
+  ClassifierLoss loss_;
 };
 
 }  // namespace attnlab

@@ -28,7 +28,7 @@ std::string join(const std::vector<std::string>& xs) {
 const std::vector<std::string>& model_keys() {
   static const std::vector<std::string> k = {"vocab_size", "d_model",   "n_layers",   "n_heads",
                                              "d_ff",       "max_len",   "dropout",    "positions",
-                                             "activation", "attention", "num_classes"};
+                                             "activation", "attention", "num_classes", "loss"};
   return k;
 }
 
@@ -234,10 +234,11 @@ AuditTarget make_audit_target(const AuditSpec& spec) {
       auto model = std::make_shared<SequenceClassifier>(mc, f64);
       Tensor labels = randint(0, mc.num_classes, {B}, &data_gen);
       Tensor pad = spec.padding ? padding_mask(B, T) : Tensor();
-      t.loss = [model, ids, labels, pad] { return cross_entropy(model->forward(ids, pad), labels); };
+      t.loss = [model, ids, labels, pad] { return model->loss(ids, labels, pad); };
       t.description =
           cat("classifier (", sizes, ", ", mc.num_classes, " classes", spec.padding ? ", padded" : "", ") on ids ",
-              shape_str(ids.shape()), "; loss = cross-entropy against seeded labels; seed ", spec.seed);
+              shape_str(ids.shape()), "; loss = ", mc.loss.is_string() ? mc.loss.get<std::string>() : mc.loss.dump(),
+              " against seeded labels; seed ", spec.seed);
       m = model;
     }
     m->eval();

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "attention/entmax.h"
 #include "attention/flash.h"
 #include "attention/local.h"
 #include "autograd/grad_mode.h"
@@ -587,6 +588,135 @@ void section_attention(Context& ctx) {
   ctx.results["attention"] = rows;
 }
 
+// ---- entmax: sparsemax, 1.5-entmax and bisection against PyTorch ---------------------------------
+
+// Rows of z = 2·randn (as shared/baselines/sparsemax_bench.py), normalised along the last dim, f32.
+// PyTorch sorts every row (sparsemax, 1.5-entmax) or runs 30 bisection steps on the whole row; attnlab
+// finds τ from the few entries that can be in the support. Each attnlab row names the PyTorch op it
+// is compared with ("-": no counterpart).
+void section_entmax(Context& ctx) {
+  const int64_t rows = ctx.opt.quick ? 512 : 4096;
+  const std::vector<int64_t> sizes =
+      ctx.opt.quick ? std::vector<int64_t>{512, 1024} : std::vector<int64_t>{512, 1024, 2048, 4096};
+  const int rounds = ctx.opt.quick ? 1 : 2;
+  const double min_ms = ctx.opt.quick ? 100 : 600;
+  const int threads = ctx.opt.threads > 0 ? ctx.opt.threads : omp_get_max_threads();
+  std::printf(
+      "\n== entmax: %lld rows x n, f32, z = 2 randn, along the last dim; attnlab ops vs PyTorch "
+      "(shared/baselines/sparsemax_bench.py: sort-based with analytic backward; bisection 30 steps), %d "
+      "threads\n",
+      (long long)rows, threads);
+  std::printf(
+      "   ns per element (median call); ratio = PyTorch / attnlab (median of %d interleaved round(s)); "
+      "target >= 5x for sparsemax, entmax15, bisect; support = mean support size per row\n\n",
+      rounds);
+  struct Op {
+    const char* name;
+    const char* torch;  // the op's name in sparsemax_bench.py, or nullptr
+    bool target;
+    std::function<Tensor(const Tensor&)> fn;
+  };
+  const std::vector<Op> ops = {
+      {"softmax", "softmax", false, [](const Tensor& z) { return softmax(z, -1); }},
+      {"sparsemax", "sparsemax_sort", true, [](const Tensor& z) { return sparsemax(z, -1); }},
+      {"entmax15", "entmax15_sort", true, [](const Tensor& z) { return entmax15(z, -1); }},
+      {"bisect a=1.5", "entmax15_bisect30", true, [](const Tensor& z) { return entmax_bisect(z, 1.5); }},
+      {"bisect a=1.25", nullptr, false, [](const Tensor& z) { return entmax_bisect(z, 1.25); }},
+  };
+  bench::Table table({{"op", 13, true},
+                      {"n", 5},
+                      {"fwd ns/el", 9},
+                      {"torch fwd", 9},
+                      {"ratio", 6},
+                      {"f+b ns/el", 9},
+                      {"torch f+b", 9},
+                      {"ratio", 6},
+                      {"target", 6},
+                      {"support", 7},
+                      {"torch supp", 10}});
+  table.header();
+  json out_rows = json::array();
+  std::string why_missing;
+  bool torch_ok = true;
+  for (int64_t n : sizes) {
+    Generator gen(ctx.seed, 1300 + uint64_t(n));
+    Tensor z = (randn({rows, n}, DType::f32, &gen) * 2.0).set_requires_grad(true);
+    Tensor g = randn({rows, n}, DType::f32, &gen);
+    const double elems = double(rows) * double(n);
+    std::vector<std::vector<double>> a_f(ops.size()), a_fb(ops.size()), t_f(ops.size()), t_fb(ops.size());
+    std::vector<double> t_support(ops.size(), NAN);
+    char args[128];
+    std::snprintf(args, sizeof args, "--rows %lld --ns %lld --threads %d", (long long)rows, (long long)n, threads);
+    for (int r = 0; r < rounds; ++r) {
+      for (size_t i = 0; i < ops.size(); ++i) {
+        const Op& op = ops[i];
+        a_f[i].push_back(median_call_ms(
+            [&] {
+              NoGradGuard ng;
+              Tensor p = op.fn(z);
+            },
+            min_ms));
+        a_fb[i].push_back(median_call_ms(
+            [&] {
+              z.zero_grad();
+              op.fn(z).backward(g);
+            },
+            min_ms));
+      }
+      if (!torch_ok) continue;
+      if (auto lines = run_pytorch_baseline_lines("sparsemax_bench.py", args, &why_missing)) {
+        for (size_t i = 0; i < ops.size(); ++i)
+          for (const json& j : *lines)
+            if (ops[i].torch && j.value("op", "") == ops[i].torch && j.contains("fwdbwd_ms")) {
+              t_f[i].push_back(j["fwd_ms"].get<double>());
+              t_fb[i].push_back(j["fwdbwd_ms"].get<double>());
+              t_support[i] = j.value("mean_support", NAN);
+            }
+      } else {
+        torch_ok = false;  // say why once, then report attnlab alone
+        std::printf("   (PyTorch column empty: %s)\n", why_missing.c_str());
+      }
+    }
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const Op& op = ops[i];
+      double support = 0;
+      {
+        NoGradGuard ng;
+        Tensor p = op.fn(z);
+        support = sum(gt(p, zeros({}, DType::f32)).to(DType::f32)).item<double>() / double(rows);
+      }
+      auto ratio = [](const std::vector<double>& torch, const std::vector<double>& ours) {
+        std::vector<double> r;
+        for (size_t k = 0; k < std::min(torch.size(), ours.size()); ++k) r.push_back(torch[k] / ours[k]);
+        return r.empty() ? NAN : bench::median(r);
+      };
+      const double af = bench::median(a_f[i]) * 1e6 / elems, afb = bench::median(a_fb[i]) * 1e6 / elems;
+      const double tf = t_f[i].empty() ? NAN : bench::median(t_f[i]) * 1e6 / elems;
+      const double tfb = t_fb[i].empty() ? NAN : bench::median(t_fb[i]) * 1e6 / elems;
+      const double rf = ratio(t_f[i], a_f[i]), rfb = ratio(t_fb[i], a_fb[i]);
+      const char* verdict = !op.target || std::isnan(rf) ? "-" : (std::min(rf, rfb) >= 5.0 ? "ok" : "LOW");
+      table.row({op.name, std::to_string(n), fmt("%.2f", af), fmt("%.2f", tf), fmt("%.1f", rf), fmt("%.2f", afb),
+                 fmt("%.2f", tfb), fmt("%.1f", rfb), verdict, fmt("%.1f", support), fmt("%.1f", t_support[i])});
+      out_rows.push_back({{"op", op.name},
+                          {"pytorch_op", op.torch ? json(op.torch) : json(nullptr)},
+                          {"rows", rows},
+                          {"n", n},
+                          {"attnlab_fwd_ms", a_f[i]},
+                          {"attnlab_fwdbwd_ms", a_fb[i]},
+                          {"pytorch_fwd_ms", t_f[i]},
+                          {"pytorch_fwdbwd_ms", t_fb[i]},
+                          {"attnlab_fwd_ns_per_elem", af},
+                          {"attnlab_fwdbwd_ns_per_elem", afb},
+                          {"ratio_fwd", rf},
+                          {"ratio_fwdbwd", rfb},
+                          {"target_ratio", op.target ? json(5.0) : json(nullptr)},
+                          {"attnlab_mean_support", support},
+                          {"pytorch_mean_support", t_support[i]}});
+    }
+  }
+  ctx.results["entmax"] = out_rows;
+}
+
 // ---- registry and driver -------------------------------------------------------------------
 
 const Section kSections[] = {
@@ -595,6 +725,8 @@ const Section kSections[] = {
     {"lm", "causal LM training tokens/s vs PyTorch (shared/baselines/lm_bench.py)", section_lm},
     {"attention", "fused softmax / block-local attention fwd, fwd+bwd, memory vs PyTorch (attn_bench.py)",
      section_attention},
+    {"entmax", "sparsemax, 1.5-entmax, bisection fwd and fwd+bwd ns/element vs PyTorch (sparsemax_bench.py)",
+     section_entmax},
 };
 
 std::string section_list() {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace attnlab {
 
@@ -14,5 +15,9 @@ bool pytorch_available();
 // `/usr/bin/python3 <dir>/<script> <args>`; nullopt (with the reason in *why) when it cannot run.
 std::optional<nlohmann::json> run_pytorch_baseline(const std::string& script, const std::string& args,
                                                    std::string* why = nullptr);
+// The same for a script that prints one JSON object per line (sparsemax_bench.py): all of them, in order.
+std::optional<std::vector<nlohmann::json>> run_pytorch_baseline_lines(const std::string& script,
+                                                                      const std::string& args,
+                                                                      std::string* why = nullptr);
 
 }  // namespace attnlab

@@ -37,6 +37,21 @@ void parallel_parts(int parts, Body body) {
   }
 }
 
+// A shape seen from one of its dims: [outer, R, inner], R the size of the dim. Row ops (reductions,
+// softmax, entmax) walk the outer·inner lanes, each R long with stride inner.
+struct DimLayout {
+  int64_t outer = 1, R = 1, inner = 1;
+};
+inline DimLayout dim_layout(const Shape& s, int64_t dim) {
+  DimLayout l;
+  for (int64_t i = 0; i < int64_t(s.size()); ++i) {
+    if (i < dim) l.outer *= s[i];
+    else if (i == dim) l.R = s[i];
+    else l.inner *= s[i];
+  }
+  return l;
+}
+
 // Strides of `t` as seen from `out_shape` under broadcasting (0 along broadcast dims).
 inline Shape broadcast_strides(const Tensor& t, const Shape& out_shape) {
   Shape st(out_shape.size(), 0);

@@ -48,6 +48,35 @@ namespace attnlab::cpu {
   return std::copysign(y, x);
 }
 
+// log(x) for float, within ~2 ulp of std::log for normal x > 0; log(0) = -inf, log(+inf) = +inf, NaN for
+// x < 0 or NaN. Exponent and mantissa split through the bits (x = m 2^e, m in [√½, √2)), then the
+// Cephes logf polynomial in m - 1. Denormal x are flushed to 0 (-inf).
+[[gnu::always_inline]] inline float log_approx(float x) {
+  const int32_t bits = std::bit_cast<int32_t>(x);
+  int32_t e = ((bits >> 23) & 0xff) - 126;
+  float m = std::bit_cast<float>((bits & 0x007fffff) | 0x3f000000);  // in [0.5, 1)
+  const bool low = m < 0.707106781186547524f;
+  e = low ? e - 1 : e;
+  m = low ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = float(e);
+  y = y - 2.12194440e-4f * fe - 0.5f * z;
+  float r = m + y + 0.693359375f * fe;
+  r = x < 1.17549435e-38f ? -INFINITY : r;  // zero and denormals
+  r = x == INFINITY ? INFINITY : r;
+  return x < 0.0f || x != x ? NAN : r;
+}
+
 }  // namespace attnlab::cpu
 
 namespace attnlab::cpu {
@@ -62,6 +91,18 @@ template <class T>
 [[gnu::always_inline]] inline T erf_fast(T x) {
   if constexpr (std::is_same_v<T, float>) return erf_approx(x);
   else return std::erf(x);
+}
+
+template <class T>
+[[gnu::always_inline]] inline T log_fast(T x) {
+  if constexpr (std::is_same_v<T, float>) return log_approx(x);
+  else return std::log(x);
+}
+// x^y for x > 0 (x = 0 gives 0 for y > 0, +inf for y < 0).
+template <class T>
+[[gnu::always_inline]] inline T pow_fast(T x, T y) {
+  if constexpr (std::is_same_v<T, float>) return exp_approx(y * log_approx(x));
+  else return std::pow(x, y);
 }
 
 }  // namespace attnlab::cpu
