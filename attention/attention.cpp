@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "attention/entmax_attention.h"
 #include "attention/local.h"
 #include "attention/softmax.h"
 
@@ -13,7 +14,8 @@ namespace {
 // linker for method files nothing else references.
 std::map<std::string, AttentionParser>& parsers() {
   static std::map<std::string, AttentionParser> p = {{"softmax", parse_softmax_attention},
-                                                     {"local", parse_local_attention}};
+                                                     {"local", parse_local_attention},
+                                                     {"entmax", parse_entmax_attention}};
   return p;
 }
 }  // namespace

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "core/config.h"
 #include "layers/module.h"
@@ -28,6 +29,9 @@ class AttentionMethod : public Module {
   // in internals, for the layer/draw tools. Off in training: it costs memory.
   bool record_internals = false;
   std::map<std::string, Tensor> internals;
+  // Per-head numbers of the last forward that training logs report (e.g. entmax: "support", the mean
+  // support size, and "alpha"), one value per head; cheap, kept whether or not internals are recorded.
+  virtual std::map<std::string, std::vector<double>> stats() const { return {}; }
 };
 
 struct AttentionContext {

@@ -37,6 +37,7 @@ const std::map<std::string, size_t> kPinnedOps = {
     {"dropout", 1},
     {"embedding", 1},
     {"entmax15", 4},
+    {"entmax_attention", 6},
     {"entmax15_loss", 3},
     {"entmax_bisect", 8},
     {"entmax_bisect_loss", 3},
