@@ -44,10 +44,13 @@ Tensor entmax_attention_composite(const Tensor& q, const Tensor& k, const Tensor
                                   double scale, const EntmaxAlpha& alpha, Tensor* weights_out = nullptr);
 
 namespace entmax_attention_tiles {
-// Query rows and keys per tile of the fused kernel (the bitmask's granularity); 0 restores the
-// defaults. For the tests (many tiles on small inputs) and the benchmark.
+// Query rows and keys per tile of the fused kernel (the bitmask's granularity), and the density
+// below which a tile's products run per non-zero weight instead of as dense tile products; 0 (and a
+// negative density) restore the defaults. For the tests (many tiles on small inputs, each path
+// forced) and the benchmark.
 struct Tiles {
   int64_t q = 0, k = 0;
+  double sparse_below = -1;  // a share of the tile's entries; 0: always dense, > 1: always per weight
 };
 void set(const Tiles& t);
 Tiles get();

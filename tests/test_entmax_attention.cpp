@@ -53,7 +53,7 @@ void check_close(const Result& a, const Result& b, DType dt) {
 }
 
 struct TileGuard {
-  explicit TileGuard(entmax_attention_tiles::Tiles t) { entmax_attention_tiles::set(t); }
+  explicit TileGuard(const entmax_attention_tiles::Tiles& t) { entmax_attention_tiles::set(t); }
   ~TileGuard() { entmax_attention_tiles::set({}); }
   TileGuard(const TileGuard&) = delete;
   TileGuard& operator=(const TileGuard&) = delete;
@@ -89,8 +89,14 @@ void check_against_composite(const std::vector<Case>& cases, uint64_t seed) {
         m.causal = c.causal;
         if (c.padding) m.key_padding = lt(rand({c.B, c.Tk}, DType::f64, &g), scalar_tensor(0.3, DType::f64));
         const double scale = 1.5 / std::sqrt(double(c.dh));
-        TileGuard tg(c.tiles);
-        check_close(run(true, q, k, v, go, m, scale, alpha), run(false, q, k, v, go, m, scale, alpha), dt);
+        const Result ref = run(false, q, k, v, go, m, scale, alpha);
+        for (double sparse_below : {0.0, 2.0}) {  // dense tile products, then per weight
+          INFO("sparse_below ", sparse_below);
+          entmax_attention_tiles::Tiles t = c.tiles;
+          t.sparse_below = sparse_below;
+          TileGuard tg(t);
+          check_close(run(true, q, k, v, go, m, scale, alpha), ref, dt);
+        }
       }
 }
 
@@ -113,20 +119,23 @@ TEST_CASE("entmax attention: the parallel paths (grain 0, 3 threads, heads cut i
   const DType dt = DType::f64;
   Tensor q = randn({1, 2, 40, 6}, dt, &g), k = randn({1, 2, 40, 6}, dt, &g), v = randn({1, 2, 40, 6}, dt, &g),
          go = randn({1, 2, 40, 6}, dt, &g);
-  TileGuard tg({4, 8});
   const EntmaxAlpha alpha{0, from_vector(std::vector<double>{1.4, 1.7}, {2}, dt)};
-  const int saved = omp_get_max_threads();
-  omp_set_num_threads(1);
-  const Result one = run(true, q, k, v, go, {true, {}}, 0.7, alpha);
-  omp_set_num_threads(3);
-  const Result three = run(true, q, k, v, go, {true, {}}, 0.7, alpha);
-  omp_set_num_threads(saved);
-  CHECK(equal(one.out, three.out));
-  CHECK(equal(one.dq, three.dq));
-  CHECK(equal(one.dk, three.dk));
-  CHECK(equal(one.dv, three.dv));
-  CHECK(equal(one.dalpha, three.dalpha));
-  check_close(one, run(false, q, k, v, go, {true, {}}, 0.7, alpha), dt);
+  for (double sparse_below : {0.0, 0.3, 2.0}) {  // dense, mixed, per weight
+    INFO("sparse_below ", sparse_below);
+    TileGuard tg({4, 8, sparse_below});
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    const Result one = run(true, q, k, v, go, {true, {}}, 0.7, alpha);
+    omp_set_num_threads(3);
+    const Result three = run(true, q, k, v, go, {true, {}}, 0.7, alpha);
+    omp_set_num_threads(saved);
+    CHECK(equal(one.out, three.out));
+    CHECK(equal(one.dq, three.dq));
+    CHECK(equal(one.dk, three.dk));
+    CHECK(equal(one.dv, three.dv));
+    CHECK(equal(one.dalpha, three.dalpha));
+    check_close(one, run(false, q, k, v, go, {true, {}}, 0.7, alpha), dt);
+  }
 }
 
 TEST_CASE("entmax attention: exact zeros; support sizes and tile bitmask agree with the composite's weights") {

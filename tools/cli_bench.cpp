@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "attention/entmax.h"
+#include "attention/entmax_attention.h"
 #include "attention/flash.h"
 #include "attention/local.h"
 #include "autograd/grad_mode.h"
@@ -41,16 +42,16 @@
 namespace attnlab {
 namespace {
 
-using nlohmann::json;
 using bench::fmt;
+using nlohmann::json;
 
 struct Options {
   std::vector<std::string> sections;  // empty: all
   int64_t reps = -1, warmup = -1;     // -1: default for the mode
   double min_time_ms = -1;
   bool quick = false;
-  int64_t threads = 0;   // 0: leave OpenMP / OpenBLAS defaults
-  int64_t max_n = 8192;  // attention: largest sequence length
+  int64_t threads = 0;  // 0: leave OpenMP / OpenBLAS defaults
+  int64_t max_n = 0;    // attention: largest sequence length (0: the section's default)
   std::string json_path;
 };
 
@@ -160,7 +161,8 @@ void section_matmul(Context& ctx) {
     rows.push_back(r);
   };
 
-  const std::vector<int64_t> sizes = ctx.opt.quick ? std::vector<int64_t>{128, 256} : std::vector<int64_t>{256, 512, 1024, 2048};
+  const std::vector<int64_t> sizes =
+      ctx.opt.quick ? std::vector<int64_t>{128, 256} : std::vector<int64_t>{256, 512, 1024, 2048};
   uint64_t stream = 0;
   for (int64_t n : sizes) {
     Tensor a = random_tensor(ctx, {n, n}, stream++), b = random_tensor(ctx, {n, n}, stream++);
@@ -286,7 +288,8 @@ void direct_softmax_last(const float* x, float* o, int64_t rows, int64_t cols) {
 
 void section_ops(Context& ctx) {
   std::printf("\n== ops: attnlab ops (output allocated per call) vs plain OpenMP loops into preallocated buffers\n");
-  std::printf("   GB/s = nominal bytes (inputs read once + output written once) / time; ratio = direct / attnlab time\n\n");
+  std::printf(
+      "   GB/s = nominal bytes (inputs read once + output written once) / time; ratio = direct / attnlab time\n\n");
   const AllocatorStats stats0 = cpu_allocator::stats();
   bench::Table table({{"op", 16, true},
                       {"shape", 22, true},
@@ -381,8 +384,11 @@ void section_lm(Context& ctx) {
   };
   std::vector<Shape4> configs = ctx.opt.quick ? std::vector<Shape4>{{2, 64, 2, 64, 4}}
                                               : std::vector<Shape4>{{2, 128, 4, 256, 16}, {4, 256, 4, 512, 8}};
-  std::printf("\n== lm: causal LM training step (fwd + bwd + Adam), tokens/s; PyTorch = shared/baselines/lm_bench.py\n");
-  std::printf("   interleaved: attnlab, PyTorch, attnlab, PyTorch (each a median over its steps); ratio = attnlab / PyTorch\n\n");
+  std::printf(
+      "\n== lm: causal LM training step (fwd + bwd + Adam), tokens/s; PyTorch = shared/baselines/lm_bench.py\n");
+  std::printf(
+      "   interleaved: attnlab, PyTorch, attnlab, PyTorch (each a median over its steps); ratio = attnlab / "
+      "PyTorch\n\n");
   std::printf("%-22s %12s %12s %12s %12s %8s\n", "config", "attnlab ms", "attnlab tok/s", "torch ms", "torch tok/s",
               "ratio");
   json rows = json::array();
@@ -411,7 +417,8 @@ void section_lm(Context& ctx) {
         loss.backward();
         opt.step();
         (void)loss.item<float>();
-        if (i > 0) ts.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        if (i > 0)
+          ts.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       }
       return bench::median(ts);
     };
@@ -424,7 +431,8 @@ void section_lm(Context& ctx) {
     std::string why;
     for (int rep = 0; rep < 2; ++rep) {
       a_ms.push_back(ours());
-      if (auto j = run_pytorch_baseline("lm_bench.py", args, &why)) t_ms.push_back((*j)["step_ms_median"].get<double>());
+      if (auto j = run_pytorch_baseline("lm_bench.py", args, &why))
+        t_ms.push_back((*j)["step_ms_median"].get<double>());
     }
     const double tokens = double(c.batch * c.seq);
     double am = bench::median(a_ms), tm = t_ms.empty() ? NAN : bench::median(t_ms);
@@ -434,8 +442,11 @@ void section_lm(Context& ctx) {
     std::printf("%-22s %12.1f %12.0f %12.1f %12.0f %8.2f\n", name, am, tokens / am * 1e3, tm, tokens / tm * 1e3,
                 tm / am);
     if (t_ms.empty()) std::printf("   (PyTorch column empty: %s)\n", why.c_str());
-    rows.push_back({{"config", name}, {"attnlab_step_ms", a_ms}, {"pytorch_step_ms", t_ms},
-                    {"attnlab_tokens_per_s", tokens / am * 1e3}, {"pytorch_tokens_per_s", tokens / tm * 1e3},
+    rows.push_back({{"config", name},
+                    {"attnlab_step_ms", a_ms},
+                    {"pytorch_step_ms", t_ms},
+                    {"attnlab_tokens_per_s", tokens / am * 1e3},
+                    {"pytorch_tokens_per_s", tokens / tm * 1e3},
                     {"ratio", tm / am}});
   }
   ctx.results["lm"] = rows;
@@ -470,19 +481,21 @@ void section_attention(Context& ctx) {
   const int64_t B = 1, H = 8, d = 64, block = 64;
   std::vector<int64_t> sizes;
   for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{256, 512} : std::vector<int64_t>{512, 1024, 2048, 4096, 8192})
-    if (n <= ctx.opt.max_n) sizes.push_back(n);
+    if (n <= (ctx.opt.max_n > 0 ? ctx.opt.max_n : 8192)) sizes.push_back(n);
   const int rounds = ctx.opt.quick ? 1 : 2;
   const double min_fwd_ms = ctx.opt.quick ? 100 : 1000, min_fb_ms = ctx.opt.quick ? 200 : 1500;
   const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
-  std::printf("\n== attention: q, k, v [%lld, %lld, n, %lld] f32, non-causal; attnlab fused kernels vs PyTorch "
-              "(shared/baselines/attn_bench.py, %d threads)\n",
-              (long long)B, (long long)H, (long long)d, threads);
-  std::printf("   per size %d round(s) interleaved (attnlab, PyTorch, ...); times are medians, ratio = PyTorch / "
-              "attnlab (median of paired rounds)\n"
-              "   peak = extra memory of one call beyond the inputs, outputs and gradients included (attnlab: caching\n"
-              "   allocator peak; PyTorch: resident-set high-water mark); targets: vanilla fwd+bwd >= 4x @2K, "
-              "block_local >= 2x @8K\n\n",
-              rounds);
+  std::printf(
+      "\n== attention: q, k, v [%lld, %lld, n, %lld] f32, non-causal; attnlab fused kernels vs PyTorch "
+      "(shared/baselines/attn_bench.py, %d threads)\n",
+      (long long)B, (long long)H, (long long)d, threads);
+  std::printf(
+      "   per size %d round(s) interleaved (attnlab, PyTorch, ...); times are medians, ratio = PyTorch / "
+      "attnlab (median of paired rounds)\n"
+      "   peak = extra memory of one call beyond the inputs, outputs and gradients included (attnlab: caching\n"
+      "   allocator peak; PyTorch: resident-set high-water mark); targets: vanilla fwd+bwd >= 4x @2K, "
+      "block_local >= 2x @8K\n\n",
+      rounds);
   bench::Table table({{"impl", 11, true},
                       {"n", 5},
                       {"fwd ms", 8},
@@ -530,8 +543,8 @@ void section_attention(Context& ctx) {
         Tensor ref = local ? local_attention_composite(q, k, v, {}, block, scale)
                            : softmax_attention_composite(q, k, v, {}, scale);
         Tensor ours = attend().detach();
-        diff = fmt("%.1e", bench::max_abs_diff(ours.contiguous().data<float>(),
-                                              ref.contiguous().data<float>(), ours.numel()));
+        diff = fmt("%.1e",
+                   bench::max_abs_diff(ours.contiguous().data<float>(), ref.contiguous().data<float>(), ours.numel()));
       }
       const double peak_f = peak_extra_mib(fwd), peak_fb = peak_extra_mib(fwdbwd);
       std::vector<double> a_f, a_fb, t_f, t_fb, r_f, r_fb;
@@ -589,6 +602,8 @@ void section_attention(Context& ctx) {
 }
 
 // ---- entmax: sparsemax, 1.5-entmax and bisection against PyTorch ---------------------------------
+
+void entmax_attention_table(Context& ctx);
 
 // Rows of z = 2·randn (as shared/baselines/sparsemax_bench.py), normalised along the last dim, f32.
 // PyTorch sorts every row (sparsemax, 1.5-entmax) or runs 30 bisection steps on the whole row; attnlab
@@ -715,6 +730,121 @@ void section_entmax(Context& ctx) {
     }
   }
   ctx.results["entmax"] = out_rows;
+  entmax_attention_table(ctx);
+}
+
+// ---- entmax attention: the fused sparse kernel against our fused softmax and PyTorch ---------------
+
+// q, k [1, 8, n, 64] with a positional structure: q_i = c·f(i) + ε, k_j = c·f(j) + ε with sinusoidal
+// features f (32 frequencies, periods 4 … 1024), so scores peak near i = j and 1.5-entmax keeps a band
+// of keys around the diagonal — the shape of a trained char-LM's local heads, without a trained model.
+Tensor peaked(Generator& gen, int64_t B, int64_t H, int64_t n, int64_t d, double c) {
+  Tensor x = randn({B, H, n, d}, DType::f32, &gen) * 0.3;
+  float* p = x.data<float>();
+  for (int64_t bh = 0; bh < B * H; ++bh)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t m = 0; m < d / 2; ++m) {
+        const double w = 2 * M_PI / (4.0 * std::pow(256.0, double(m) / double(d / 2)));
+        p[(bh * n + i) * d + 2 * m] += float(c * std::cos(w * double(i)));
+        p[(bh * n + i) * d + 2 * m + 1] += float(c * std::sin(w * double(i)));
+      }
+  return x;
+}
+
+// Forward+backward of 1.5-entmax attention (fused) against our fused softmax attention on the same
+// q, k, v, and against attn_bench.py entmax15 (PyTorch: n×n scores, sorted rows) where it fits.
+void entmax_attention_table(Context& ctx) {
+  const int64_t B = 1, H = 8, d = 64;
+  const int64_t max_n = ctx.opt.max_n > 0 ? ctx.opt.max_n : 16384, torch_max_n = 4096;
+  std::vector<int64_t> sizes;
+  for (int64_t n :
+       ctx.opt.quick ? std::vector<int64_t>{512, 1024} : std::vector<int64_t>{1024, 2048, 4096, 8192, 16384})
+    if (n <= max_n) sizes.push_back(n);
+  const double min_ms = ctx.opt.quick ? 100 : 1000;
+  const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
+  std::printf(
+      "\n== entmax attention: q, k, v [%lld, %lld, n, %lld] f32, non-causal, 1.5-entmax, fused forward+backward\n"
+      "   vs our fused softmax (same inputs) and PyTorch attn_bench.py entmax15 (n×n, sorted; n <= %lld, %d threads)\n"
+      "   random: q, k, v randn, scale 1/8; peaked: positional q, k (a band around the diagonal, as local heads)\n"
+      "   zero tiles = share of 64×64 tiles with no weight (skipped by the output pass and the backward);\n"
+      "   vs softmax = softmax time / entmax time; targets: >= 10x PyTorch @4K random, >= 0.5 @2K random,\n"
+      "   > 1 @16K peaked with >= 70%% zero tiles; peak = allocator peak of one fwd+bwd beyond inputs\n\n",
+      (long long)B, (long long)H, (long long)d, (long long)torch_max_n, threads);
+  bench::Table table({{"input", 7, true},
+                      {"n", 5},
+                      {"support", 7},
+                      {"zero tiles", 10},
+                      {"f+b ms", 9},
+                      {"softmax ms", 10},
+                      {"vs softmax", 10},
+                      {"torch ms", 9},
+                      {"vs torch", 8},
+                      {"target", 6},
+                      {"peak MiB", 8},
+                      {"KiB/token", 9}});
+  table.header();
+  json rows = json::array();
+  std::string why_missing;
+  bool torch_ok = true;
+  for (const char* input : {"random", "peaked"}) {
+    const bool peak = std::string(input) == "peaked";
+    for (int64_t n : sizes) {
+      Generator gen(ctx.seed, 1700 + uint64_t(n));
+      Tensor q = (peak ? peaked(gen, B, H, n, d, 1.0) : randn({B, H, n, d}, DType::f32, &gen)).set_requires_grad(true);
+      Tensor k = (peak ? peaked(gen, B, H, n, d, 1.0) : randn({B, H, n, d}, DType::f32, &gen)).set_requires_grad(true);
+      Tensor v = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+      Tensor g = randn({B, H, n, d}, DType::f32, &gen);
+      const double scale = 1.0 / std::sqrt(double(d));
+      EntmaxAttentionStats st;
+      {
+        NoGradGuard ng;
+        entmax_attention(q, k, v, {}, scale, {1.5, {}}, &st);
+      }
+      const double support = sum(st.support.to(DType::f64)).item<double>() / double(B * H * n);
+      const double zero_tiles = 1.0 - sum(st.tiles.to(DType::f64)).item<double>() / double(st.tiles.numel());
+      auto run = [&](bool entmax) {
+        return [&, entmax] {
+          q.zero_grad();
+          k.zero_grad();
+          v.zero_grad();
+          (entmax ? entmax_attention(q, k, v, {}, scale, {1.5, {}}) : flash_attention(q, k, v, {}, scale)).backward(g);
+        };
+      };
+      const double peak_fb = peak_extra_mib(run(true));
+      const double ms = median_call_ms(run(true), min_ms), soft = median_call_ms(run(false), min_ms);
+      double torch_ms = NAN;
+      if (!peak && torch_ok && n <= torch_max_n) {
+        char args[160];
+        std::snprintf(args, sizeof args, "entmax15 %lld --b %lld --h %lld --d %lld --threads %d", (long long)n,
+                      (long long)B, (long long)H, (long long)d, threads);
+        if (auto j = run_pytorch_baseline("attn_bench.py", args, &why_missing)) {
+          torch_ms = (*j)["fwdbwd_ms"].get<double>();
+        } else {
+          torch_ok = false;
+          std::printf("   (PyTorch column empty: %s)\n", why_missing.c_str());
+        }
+      }
+      const double vs_soft = soft / ms, vs_torch = torch_ms / ms;
+      std::string verdict = "-";
+      if (!peak && n == 4096 && !std::isnan(vs_torch)) verdict = vs_torch >= 10 ? "ok" : "LOW";
+      if (!peak && n == 2048) verdict = vs_soft >= 0.5 ? "ok" : "LOW";
+      if (peak && n == 16384) verdict = vs_soft > 1 && zero_tiles >= 0.7 ? "ok" : "LOW";
+      table.row({input, std::to_string(n), fmt("%.1f", support), fmt("%.1f%%", 100 * zero_tiles), fmt("%.1f", ms),
+                 fmt("%.1f", soft), fmt("%.2f", vs_soft), fmt("%.1f", torch_ms), fmt("%.1f", vs_torch), verdict,
+                 fmt("%.1f", peak_fb), fmt("%.1f", peak_fb * 1024.0 / double(n))});
+      rows.push_back({{"input", input},
+                      {"n", n},
+                      {"mean_support", support},
+                      {"zero_tile_fraction", zero_tiles},
+                      {"attnlab_entmax15_fwdbwd_ms", ms},
+                      {"attnlab_softmax_fwdbwd_ms", soft},
+                      {"softmax_over_entmax", vs_soft},
+                      {"pytorch_entmax15_fwdbwd_ms", torch_ms},
+                      {"pytorch_over_attnlab", vs_torch},
+                      {"attnlab_peak_fwdbwd_MiB", peak_fb}});
+    }
+  }
+  ctx.results["entmax_attention"] = rows;
 }
 
 // ---- registry and driver -------------------------------------------------------------------
@@ -725,8 +855,11 @@ const Section kSections[] = {
     {"lm", "causal LM training tokens/s vs PyTorch (shared/baselines/lm_bench.py)", section_lm},
     {"attention", "fused softmax / block-local attention fwd, fwd+bwd, memory vs PyTorch (attn_bench.py)",
      section_attention},
-    {"entmax", "sparsemax, 1.5-entmax, bisection fwd and fwd+bwd ns/element vs PyTorch (sparsemax_bench.py)",
+    {"entmax",
+     "sparsemax, 1.5-entmax, bisection fwd and fwd+bwd ns/element vs PyTorch (sparsemax_bench.py); entmax "
+     "attention fwd+bwd vs our softmax and PyTorch (attn_bench.py entmax15)",
      section_entmax},
+    {"entmax-attn", "entmax attention alone (part of entmax)", entmax_attention_table},
 };
 
 std::string section_list() {
@@ -750,8 +883,8 @@ void add_options(cli::Command& cmd, Options& o, bool& list) {
       ->type_name("MS");
   cmd.flag("--quick", o.quick, "small sizes, for a smoke run");
   cmd.integer("--max-n", o.max_n, 1, max,
-              "attention: largest sequence length (default 8192; PyTorch's vanilla\n"
-              "attention needs ~6 GiB and ~14 s per call at 8192)");
+              "attention: largest sequence length (default 8192, entmax attention 16384;\n"
+              "PyTorch's vanilla attention needs ~6 GiB and ~14 s per call at 8192)");
   cmd.integer("--threads", o.threads, 1, max, "set OpenMP and OpenBLAS thread counts (default: leave as configured)");
   cmd.text("--json", o.json_path, "also write machine-readable results to FILE")->type_name("FILE");
   cmd.flag("--list", list, "list the sections and exit");
@@ -773,7 +906,8 @@ int bench(Context& ctx) {
   Options& o = ctx.opt;
   if (o.sections.empty() || std::find(o.sections.begin(), o.sections.end(), "all") != o.sections.end()) {
     o.sections.clear();
-    for (const Section& s : kSections) o.sections.push_back(s.name);
+    for (const Section& s : kSections)
+      if (std::string(s.name) != "entmax-attn") o.sections.push_back(s.name);  // entmax runs it
   }
   ctx.timing.reps = o.reps > 0 ? int(o.reps) : (o.quick ? 3 : 7);  // flags bounded to 10^6
   ctx.timing.warmup = o.warmup >= 0 ? int(o.warmup) : (o.quick ? 1 : 2);
@@ -786,10 +920,11 @@ int bench(Context& ctx) {
   gethostname(host, sizeof host - 1);
   const std::string date = local_time();
   const int omp_threads = omp_get_max_threads(), blas_threads = cpu::blas_threads();
-  std::printf("# attnlab-bench  %s  host %s  |  OpenMP threads %d, BLAS threads %d (%s)  |  %s sizes, %d reps "
-              "interleaved (order alternating), %d warm-up, >= %.0f ms per measurement, medians\n",
-              date.c_str(), host, omp_threads, blas_threads, openblas_get_config(), o.quick ? "quick" : "full",
-              ctx.timing.reps, ctx.timing.warmup, ctx.timing.min_time_ms);
+  std::printf(
+      "# attnlab-bench  %s  host %s  |  OpenMP threads %d, BLAS threads %d (%s)  |  %s sizes, %d reps "
+      "interleaved (order alternating), %d warm-up, >= %.0f ms per measurement, medians\n",
+      date.c_str(), host, omp_threads, blas_threads, openblas_get_config(), o.quick ? "quick" : "full", ctx.timing.reps,
+      ctx.timing.warmup, ctx.timing.min_time_ms);
   std::fflush(stdout);
 
   const double t0 = bench::now_ms();
@@ -800,10 +935,11 @@ int bench(Context& ctx) {
   const AllocatorStats st = cpu_allocator::stats();
   const double requests = double(st.fresh_allocations + st.cache_hits);
   std::printf("\n== caching allocator (whole run)\n");
-  std::printf("fresh allocations %llu, cache hits %llu (hit rate %.1f%%), in use %.1f MiB, peak %.1f MiB, cached %.1f MiB\n",
-              (unsigned long long)st.fresh_allocations, (unsigned long long)st.cache_hits,
-              requests > 0 ? 100.0 * double(st.cache_hits) / requests : 0.0, double(st.bytes_in_use) / 1048576.0,
-              double(st.peak_bytes_in_use) / 1048576.0, double(st.bytes_cached) / 1048576.0);
+  std::printf(
+      "fresh allocations %llu, cache hits %llu (hit rate %.1f%%), in use %.1f MiB, peak %.1f MiB, cached %.1f MiB\n",
+      (unsigned long long)st.fresh_allocations, (unsigned long long)st.cache_hits,
+      requests > 0 ? 100.0 * double(st.cache_hits) / requests : 0.0, double(st.bytes_in_use) / 1048576.0,
+      double(st.peak_bytes_in_use) / 1048576.0, double(st.bytes_cached) / 1048576.0);
   std::printf("threads: omp_get_max_threads() = %d, BLAS threads = %d (OMP_NUM_THREADS=%s, OPENBLAS_NUM_THREADS=%s)\n",
               omp_get_max_threads(), cpu::blas_threads(), env_or("OMP_NUM_THREADS", "unset").c_str(),
               env_or("OPENBLAS_NUM_THREADS", "unset").c_str());
