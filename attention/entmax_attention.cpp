@@ -173,7 +173,7 @@ template <class T, class Power>
       std::fill(sr, sr + nj, T(0));
       continue;
     }
-    const T m = rs.max, tau = rs.tau, inv = rs.inv_norm;
+    const T m = rs.max, tau = rs.tau, inv = rs.inv_norm, s_inv = pw.s(inv);  // s = (t^β c)^(2−α) = s(c) s_t(t)
     int64_t cnt = 0;
     T ssum = 0;
 #pragma omp simd simdlen(kLanes <T>) reduction(+ : cnt, ssum)
@@ -181,7 +181,7 @@ template <class T, class Power>
       const T t = (zr[c] - m) * am1 - tau;  // the expression of entmax::write_probabilities: same support
       const bool on = t > 0;
       const T p = on ? pw.prob(t) * inv : T(0);
-      const T w = on ? pw.s(p) : T(0);
+      const T w = on ? s_inv * pw.s_t(t) : T(0);  // no sqrt for 1.5-entmax: s = t
       pr[c] = p;
       sr[c] = w;
       cnt += on;
@@ -191,6 +191,23 @@ template <class T, class Power>
     nonzero += cnt;
   }
   return nonzero;
+}
+
+// Calls f(c) for every c < n with row[c] != 0 (NaN included), in order: a vector compare per 16
+// entries and a walk over the set bits, so that rows of a few non-zeros among 64 cost little.
+template <class T, class F>
+inline void for_each_nonzero(const T* row, int64_t n, F&& f) {
+  int64_t c0 = 0;
+#if ATTNLAB_FLASH_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    for (; c0 + 16 <= n; c0 += 16) {
+      unsigned m = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + c0), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+      for (; m; m &= m - 1) f(c0 + __builtin_ctz(m));
+    }
+  }
+#endif
+  for (int64_t c = c0; c < n; ++c)
+    if (row[c] != T(0)) f(c);
 }
 
 // y += a x and x·y over dh contiguous entries (rows of the operands: unit stride when dh > 1).
@@ -306,12 +323,10 @@ void forward_kernel(const Plan& p, const Setup& su, const Operand& q, const Oper
           tile_bits[j0 / bk] = 1;
           if (double(nnz) < su.sparse_below * double(mr * nj)) {  // per weight: O_r += p v_j, Õ_r += s v_j
             for (int64_t r = 0; r < mr; ++r)
-              for (int64_t c = 0; c < nj; ++c) {
-                const T pv = Pt[r * bk + c];
-                if (pv == T(0)) continue;  // NaN goes through
-                axpy(dh, pv, v.at<T>(b, h, j0 + c), o + r * dh);
+              for_each_nonzero(Pt + r * bk, nj, [&](int64_t c) {
+                axpy(dh, Pt[r * bk + c], v.at<T>(b, h, j0 + c), o + r * dh);
                 axpy(dh, St[r * bk + c], v.at<T>(b, h, j0 + c), otr + r * dh);
-              }
+              });
             continue;
           }
           const Mat<T> vj = v.rows<T>(b, h, j0);
@@ -429,12 +444,11 @@ Grads backward_kernel(const Plan& p, const Setup& su, const Operand& q, const Op
               T* dqr = dq + (bh * p.Tq + i0 + r) * dh;
               const T dl = delta[r];
               double a = 0, b2 = 0, c2 = 0;
-              for (int64_t c = 0; c < nj; ++c) {
+              for_each_nonzero(P + r * bk, nj, [&](int64_t c) {
                 const T pv = P[r * bk + c];
-                if (pv == T(0)) continue;  // NaN goes through
                 const int64_t j = j0 + c;
                 if (need[2]) axpy(dh, pv, grow, dv_head + j * dh);  // dV_j += p dO_r
-                if (!need_dp) continue;
+                if (!need_dp) return;
                 const T dp = dot(dh, grow, v.at<T>(b, h, j));  // dP = dO_r · v_j
                 if (need_alpha) {
                   const T lp = pv > 0 ? pv * cpu::log_fast(pv) : pv;
@@ -443,7 +457,7 @@ Grads backward_kernel(const Plan& p, const Setup& su, const Operand& q, const Op
                 const T dz = Sw[r * bk + c] * (dp - dl);
                 if (need[1]) axpy(dh, scale * dz, qrow, dk_head + j * dh);  // dK_j += scale dZ q_r
                 if (need[0]) axpy(dh, scale * dz, k.at<T>(b, h, j), dqr);   // dQ_r += scale dZ k_j
-              }
+              });
               gp[r] += a, gplogp[r] += b2, plogp[r] += c2;
             }
             continue;

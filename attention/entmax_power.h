@@ -18,6 +18,7 @@ struct Linear {  // α = 2
   static T d1(T, T) { return 1; }                      // dp/dt
   static T d2(T, T) { return 0; }                      // d²p/dt²
   static T s(T p) { return p > 0 ? T(1) : T(0) * p; }  // 0 · p: NaN stays NaN
+  static T s_t(T) { return 1; }  // t^(β(2−α)): s of p = t^β · c is s(c) · s_t(t)
   static T pow_alpha(T p) { return p * p; }
 };
 
@@ -28,6 +29,7 @@ struct Square {  // α = 1.5
   static T d1(T t, T) { return 2 * t; }
   static T d2(T, T) { return 2; }
   static T s(T p) { return std::sqrt(p); }
+  static T s_t(T t) { return t; }
   static T pow_alpha(T p) { return p * std::sqrt(p); }
 };
 
@@ -39,6 +41,7 @@ struct General {
   T d1(T t, T p) const { return beta * p / t; }
   T d2(T t, T p) const { return (beta - 1) * beta * p / (t * t); }
   T s(T p) const { return p > 0 ? cpu::pow_fast(p, 2 - alpha) : T(0) * p; }
+  T s_t(T t) const { return cpu::pow_fast(t, beta * (2 - alpha)); }
   T pow_alpha(T p) const { return p > 0 ? p * cpu::pow_fast(p, alpha - 1) : T(0); }
 };
 
