@@ -274,9 +274,14 @@ TEST_CASE("draw: attention of a run directory's model, rows = layers, columns = 
   HeatmapLayout lay;
   Image img = draw_heatmap_grid(grid, {}, &lay);
   CHECK(lay.scale >= 8);  // room for the token labels
-  // Causal: above the diagonal the weight is 0, the darkest colour; the diagonal's first entry is 1.
-  CHECK(img.get(lay.x0 + lay.scale + 1, lay.y0 + 1) == colormap(Colormap::viridis, 0.0));
+  // Causal: above the diagonal the weight is exactly 0, drawn apart in light grey (the darkest colour
+  // with --plain-zeros); the diagonal's first entry is 1.
+  CHECK(img.get(lay.x0 + lay.scale + 1, lay.y0 + 1) == RGB{228, 228, 228});
   CHECK(img.get(lay.x0 + 1, lay.y0 + 1) == colormap(Colormap::viridis, 1.0));
+  HeatmapStyle plain;
+  plain.mark_zeros = false;
+  Image plain_img = draw_heatmap_grid(grid, plain, &lay);
+  CHECK(plain_img.get(lay.x0 + lay.scale + 1, lay.y0 + 1) == colormap(Colormap::viridis, 0.0));
   CHECK(non_constant(img));
   TempDir out;
   write_png(out.file("attn.png"), draw_run_attention(run, text));

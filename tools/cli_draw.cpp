@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
       "  --metrics     train loss (and EMA, val loss) and validation bits per character vs step");
   std::string run_dir, text, from_layer, tensor, metrics, out, internal = "attn", colormap, norm = "cell";
   double gamma = 1.0;
+  bool plain_zeros = false;
   int64_t scale = 0, width = 1000, height = 760;
   cmd.text("--run", run_dir, "a run directory")->type_name("DIR");
   cmd.text("--text", text, "the text to run the model on (--run)");
@@ -42,6 +43,9 @@ int main(int argc, char** argv) {
       ->type_name("G")
       ->group(heatmap);
   cmd.integer("--scale", scale, 0, 64, "pixels per matrix entry (default 0: cells of about 256 px)")->group(heatmap);
+  cmd.flag("--plain-zeros", plain_zeros,
+           "draw exact zeros with the colormap (default: light grey, so sparse\nsupports stand out)")
+      ->group(heatmap);
   return cmd.run(argc, argv, [&] {
     const int modes = int(cmd.given("--run")) + int(cmd.given("--from-layer")) + int(cmd.given("--metrics"));
     if (modes != 1) throw cli::UsageError("give exactly one of --run, --from-layer and --metrics");
@@ -61,6 +65,7 @@ int main(int argc, char** argv) {
     style.norm = norm;
     style.gamma = gamma;
     style.scale = scale;
+    style.mark_zeros = !plain_zeros;
 
     if (cmd.given("--run")) {
       only_with("from-layer", {"--tensor"});

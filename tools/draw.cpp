@@ -20,6 +20,8 @@ namespace fs = std::filesystem;
 namespace {
 
 const RGB kBlack{0, 0, 0}, kGrey{90, 90, 90}, kFrame{160, 160, 160}, kWhite{255, 255, 255};
+// Exact zeros: light grey, which viridis never gives; light orange with the gray colormap.
+RGB exact_zero_colour(Colormap c) { return c == Colormap::gray ? RGB{250, 214, 170} : RGB{228, 228, 228}; }
 
 struct Range {
   double lo = 0, hi = 1;
@@ -83,6 +85,11 @@ Image draw_heatmap_grid(const HeatmapGrid& g, const HeatmapStyle& st, HeatmapLay
   }
   const Colormap cmap = st.cmap.value_or(negative ? Colormap::coolwarm : Colormap::viridis);
   const bool diverging = is_diverging(cmap);
+  bool any_zero = false;
+  for (const auto& v : vals)
+    for (double x : v) any_zero = any_zero || x == 0.0;
+  const bool zeros_apart = st.mark_zeros && !diverging && any_zero;
+  const RGB kExactZero = exact_zero_colour(cmap);
   std::vector<Range> ranges;
   std::vector<double> everything;
   for (const auto& v : vals) {
@@ -126,7 +133,8 @@ Image draw_heatmap_grid(const HeatmapGrid& g, const HeatmapStyle& st, HeatmapLay
                                                    : "";
   const std::string gamma_note = st.gamma != 1.0 ? cat("colour = value^", st.gamma) : "";
   width = std::max({width, plot::text_width(g.title, 2) + 2 * margin,
-                    x0 + bw + 12 + std::max(plot::text_width(bar_note, 1), plot::text_width(gamma_note, 1)) + margin});
+                    x0 + bw + 12 + std::max(plot::text_width(bar_note, 1), plot::text_width(gamma_note, 1)) + 16 +
+                        bar_h + 6 + plot::text_width("exactly 0", 1) + margin});
   const int64_t height = y0 + g.rows * (ch + gap_y) + colorbar_h + margin;
   check_image_size(g.title.empty() ? std::string("heatmap grid") : cat("heatmap of '", g.title, "'"), width, height);
   Image img(width, height, kWhite);
@@ -145,7 +153,8 @@ Image draw_heatmap_grid(const HeatmapGrid& g, const HeatmapStyle& st, HeatmapLay
             row_norm ? range_of(std::vector<double>(v.begin() + i * C, v.begin() + (i + 1) * C), diverging) : r;
         for (int64_t j = 0; j < C; ++j) {
           double x = v[size_t(i * C + j)];
-          RGB col = colormap(cmap, std::isfinite(x) ? position(x, rr) : std::nan(""));
+          RGB col = zeros_apart && x == 0.0 ? kExactZero
+                                            : colormap(cmap, std::isfinite(x) ? position(x, rr) : std::nan(""));
           plot::fill_rect(img, cx + j * s, cy + i * s, s, s, col);
         }
       }
@@ -187,6 +196,12 @@ Image draw_heatmap_grid(const HeatmapGrid& g, const HeatmapStyle& st, HeatmapLay
   } else {
     plot::draw_text(img, x0, ly, diverging ? "-max|v|" : "min(0, min)", kGrey, 1);
     plot::draw_text(img, x0 + bw - plot::text_width("max", 1), ly, "max", kGrey, 1);
+  }
+  if (zeros_apart) {  // legend: the exact-zero colour, after the bar's notes
+    const int64_t zx = x0 + bw + 12 + std::max(plot::text_width(bar_note, 1), plot::text_width(gamma_note, 1)) + 16;
+    plot::fill_rect(img, zx, by, bar_h, bar_h, kExactZero);
+    plot::outline_rect(img, zx - 1, by - 1, bar_h + 2, bar_h + 2, kFrame);
+    plot::draw_text(img, zx + bar_h + 6, by + 2, "exactly 0", kGrey, 1);
   }
   plot::draw_text(img, x0 + bw + 12, by + 2, bar_note, kGrey, 1);
   plot::draw_text(img, x0 + bw + 12, ly, gamma_note, kGrey, 1);
@@ -255,6 +270,8 @@ HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& te
   HeatmapGrid g;
   g.rows = int64_t(blocks.size());
   g.cols = mc.n_heads;
+  // One value per head (entmax's α, temperature): a single layers × heads matrix.
+  std::vector<Tensor> per_head;
   for (size_t l = 0; l < blocks.size(); ++l) {
     auto& m = *blocks[l]->attn->method;
     m.record_internals = false;
@@ -266,11 +283,29 @@ HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& te
                        "' (it recorded: ", keys.empty() ? std::string("nothing") : keys, ")");
     }
     Tensor a = it->second;
+    if (!is_floating(a.dtype())) a = a.to(DType::f64);  // counts, bitmasks: drawn as numbers
+    if (a.dim() == 1 && a.size(0) == g.cols) {
+      per_head.push_back(a.reshape({1, g.cols}));
+      continue;
+    }
+    if (a.dim() == 3 && a.size(0) == 1 && a.size(1) == g.cols) a = a.unsqueeze(2);  // per query: a 1 × T strip
     if (a.dim() != 4 || a.size(0) != 1 || a.size(1) != g.cols)
       fail<ShapeError>(op, "layer ", l, " internals '", internal, "' is ", describe(a), ", expected [1, ", g.cols,
-                       ", ., .]");
+                       ", ., .], [1, ", g.cols, ", T] or [", g.cols, "]");
     for (int64_t h = 0; h < g.cols; ++h) g.cells.push_back(a.select(0, 0).select(0, h));
     g.row_labels.push_back("layer " + std::to_string(l));
+  }
+  if (!per_head.empty()) {
+    if (per_head.size() != blocks.size())
+      fail<ShapeError>(op, "internals '", internal, "' is one value per head in some layers only");
+    HeatmapGrid ph;
+    ph.rows = ph.cols = 1;
+    ph.cells = {concat(per_head, 0)};
+    for (size_t l = 0; l < blocks.size(); ++l) ph.y_tokens.push_back(std::to_string(l));
+    for (int64_t h = 0; h < g.cols; ++h) ph.x_tokens.push_back(std::to_string(h));
+    ph.cell_labels = {"layer (down) x head (across)"};
+    ph.title = cat(fs::path(run_dir).filename().string(), " (step ", run.step, "): ", internal, " per layer and head");
+    return ph;
   }
   for (int64_t h = 0; h < g.cols; ++h) g.col_labels.push_back("head " + std::to_string(h));
   std::vector<std::string> toks;

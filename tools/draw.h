@@ -33,6 +33,9 @@ struct HeatmapStyle {
   // Colour position = normalised value ^ gamma (< 1 brightens small values, e.g. 0.5 for the long
   // tail of attention weights; diverging maps apply it to |v| on each side of 0).
   double gamma = 1.0;
+  // Exact zeros in a colour of their own (light grey) with sequential colormaps, so sparse weights
+  // (entmax, sparsemax, masked positions) show their support apart from small non-zero values.
+  bool mark_zeros = true;
   int64_t scale = 0;       // pixels per matrix entry; 0 chooses one (cells of about 256 px, 1..24)
   int64_t max_cells = 64;  // larger grids draw their first max_cells cells (the title says so)
 };

@@ -150,6 +150,19 @@ EvalResult LMTrainer::evaluate(const std::string& split, int64_t max_tokens) {
   return r;
 }
 
+nlohmann::json attention_stats(const CausalLM& model) {
+  nlohmann::json out = nlohmann::json::object();
+  const auto& blocks = model.trunk->blocks;
+  for (size_t l = 0; l < blocks.size(); ++l)
+    for (auto& [key, values] : blocks[l]->attn->method->stats()) {
+      nlohmann::json& rows = out["attn." + key];
+      if (rows.is_null()) rows = nlohmann::json::array();
+      while (rows.size() < l) rows.push_back(nullptr);  // a layer whose method reports nothing
+      rows.push_back(values);
+    }
+  return out;
+}
+
 std::vector<double> LMTrainer::run(int64_t stop_at) {
   const int64_t end = stop_at >= 0 ? std::min(stop_at, cfg_.steps) : cfg_.steps;
   const bool tty = isatty(fileno(stdout)) && &log_ == &std::cout;
@@ -206,12 +219,11 @@ std::vector<double> LMTrainer::run(int64_t stop_at) {
       } else {
         log_ << line.str() << "\n" << std::flush;
       }
-      log_metrics({{"step", step_},
-                   {"train_loss", lv},
-                   {"train_loss_ema", ema},
-                   {"lr", opt_->lr()},
-                   {"tokens_per_s", tps},
-                   {"elapsed_s", train_seconds_}});
+      nlohmann::json row{{"step", step_},          {"train_loss", lv},         {"train_loss_ema", ema},
+                         {"lr", opt_->lr()},       {"tokens_per_s", tps},     {"elapsed_s", train_seconds_}};
+      const nlohmann::json attn = attention_stats(*model_);  // (items() of a temporary would dangle)
+      for (auto& [key, per_layer] : attn.items()) row[key] = per_layer;
+      log_metrics(row);
       window_s = 0;
       window_tokens = 0;
     }
@@ -219,8 +231,18 @@ std::vector<double> LMTrainer::run(int64_t stop_at) {
       EvalResult r = evaluate("val", cfg_.eval_tokens);
       if (tty) log_ << "\n";
       log_ << "  eval step " << step_ << ": val loss " << std::setprecision(4) << r.loss << ", val bpc " << r.bpc
-           << " (" << r.tokens << " tokens)\n"
-           << std::flush;
+           << " (" << r.tokens << " tokens)\n";
+      const nlohmann::json attn = attention_stats(*model_);
+      for (auto& [key, per_layer] : attn.items()) {
+        log_ << "    " << key << " (layer: per head):";
+        for (size_t l = 0; l < per_layer.size(); ++l) {
+          log_ << "  L" << l << " ";
+          for (size_t h = 0; h < per_layer[l].size(); ++h)
+            log_ << (h ? "/" : "") << std::fixed << std::setprecision(2) << per_layer[l][h].get<double>();
+        }
+        log_ << "\n";
+      }
+      log_ << std::flush;
       log_metrics({{"step", step_}, {"val_loss", r.loss}, {"val_bpc", r.bpc}, {"elapsed_s", train_seconds_}});
     }
     if (step_ % cfg_.checkpoint_interval == 0) save();

@@ -52,6 +52,11 @@ class LMTrainer {
 };
 
 // Builds the optimizer a config names over `params`.
+// The attention methods' per-head numbers of the last forward (AttentionMethod::stats), by key:
+// {"attn.support": [[layer 0's heads], [layer 1's heads], ...], "attn.alpha": ...}; logged with the
+// training rows of metrics.jsonl and printed at each evaluation.
+nlohmann::json attention_stats(const CausalLM& model);
+
 std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& c, const std::vector<Tensor>& params);
 
 }  // namespace attnlab
