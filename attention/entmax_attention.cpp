@@ -652,15 +652,15 @@ EntmaxAttention::EntmaxAttention(const Options& opt, int64_t n_heads, DType dtyp
     fail<ValueError>(op, "temperature must be finite and > 0, got ", opt.temperature);
   if (opt.learn_alpha) {
     const double a = std::log((opt.alpha - 1) / (2 - opt.alpha));  // sigmoid⁻¹(α − 1)
-    alpha_logit_ = register_parameter("alpha_logit", full({n_heads}, a, dtype));
+    alpha_logit_ = &register_parameter("alpha_logit", full({n_heads}, a, dtype));
   }
   if (opt.learn_temperature)
-    log_temperature_ = register_parameter("log_temperature", full({n_heads}, std::log(opt.temperature), dtype));
+    log_temperature_ = &register_parameter("log_temperature", full({n_heads}, std::log(opt.temperature), dtype));
 }
 
 EntmaxAlpha EntmaxAttention::current_alpha() const {
   if (!opt_.learn_alpha) return {opt_.alpha, {}};
-  return {0, add(sigmoid(alpha_logit_), scalar_tensor(1.0, alpha_logit_.dtype()))};
+  return {0, add(sigmoid(*alpha_logit_), scalar_tensor(1.0, alpha_logit_->dtype()))};
 }
 
 Tensor EntmaxAttention::alpha() const {
@@ -670,7 +670,7 @@ Tensor EntmaxAttention::alpha() const {
 
 Tensor EntmaxAttention::temperature() const {
   NoGradGuard ng;
-  return opt_.learn_temperature ? exp(log_temperature_).detach() : full({n_heads_}, opt_.temperature, DType::f64);
+  return opt_.learn_temperature ? exp(*log_temperature_).detach() : full({n_heads_}, opt_.temperature, DType::f64);
 }
 
 std::map<std::string, std::vector<double>> EntmaxAttention::stats() const {
@@ -684,7 +684,7 @@ Tensor EntmaxAttention::forward(const Tensor& q, const Tensor& k, const Tensor& 
   double scale = opt_.scale;
   Tensor qs = q;
   if (opt_.learn_temperature) {
-    qs = mul(q, exp(log_temperature_).reshape({1, n_heads_, 1, 1}));  // t_h q·k = (t_h q)·k
+    qs = mul(q, exp(*log_temperature_).reshape({1, n_heads_, 1, 1}));  // t_h q·k = (t_h q)·k
   } else {
     scale *= opt_.temperature;
   }

@@ -79,9 +79,10 @@ class EntmaxAttention : public AttentionMethod {
   EntmaxAlpha current_alpha() const;
   Options opt_;
   int64_t n_heads_;
-  Tensor alpha_logit_;           // [H] when learn_alpha
-  Tensor log_temperature_;       // [H] when learn_temperature
-  std::vector<double> support_;  // mean support size per head in the last forward
+  // The registered parameters (Module::to replaces the tensors these point at), when learned.
+  Tensor* alpha_logit_ = nullptr;      // [H]
+  Tensor* log_temperature_ = nullptr;  // [H]
+  std::vector<double> support_;        // mean support size per head in the last forward
 };
 
 // Config: {"type": "entmax", "alpha": 1.5, "learn_alpha": false, "temperature": 1,

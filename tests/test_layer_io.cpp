@@ -13,8 +13,8 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "layers/transformer.h"
-#include "tools/layer_io.h"
 #include "tests/support.h"
+#include "tools/layer_io.h"
 
 using namespace attnlab;
 using namespace attnlab::testing;
@@ -52,6 +52,7 @@ TensorMap reference_attention(const nlohmann::json& cfg, const Tensor& q, const 
   auto method =
       make_attention(cfg.value("attention", nlohmann::json{{"type", "softmax"}}),
                      AttentionContext{q.size(3), q.size(1), std::make_shared<Generator>(cfg.value("seed", 0), 1)});
+  method->to(q.dtype());  // the method's own parameters (entmax α), as the tool does
   method->train(false);
   method->record_internals = true;
   AttentionMask mask;
@@ -61,6 +62,7 @@ TensorMap reference_attention(const nlohmann::json& cfg, const Tensor& q, const 
   Tensor out = method->forward(ql, kl, vl, mask);
   out.backward(grad_out.defined() ? grad_out : ones_like(out));
   TensorMap r{{"out", out.detach()}, {"grad.q", ql.grad()}, {"grad.k", kl.grad()}, {"grad.v", vl.grad()}};
+  for (auto& [name, p] : method->named_parameters()) r["grad." + name] = p.grad();
   for (auto& [key, t] : method->internals) r["internals." + key] = t;
   return r;
 }
@@ -141,6 +143,28 @@ TEST_CASE("layer attention: outputs, gradients and internals match the in-proces
         if (padded) CHECK(attn.at({1, 2, 3, Tk - 1}) == 0.0);
       }
     }
+  }
+}
+
+TEST_CASE("layer attention: entmax with learned α — weights with exact zeros, support, tile bitmask, α and ∂α") {
+  for (DType dt : {DType::f32, DType::f64}) {
+    CAPTURE(dtype_name(dt));
+    TempDir dir;
+    Generator g(7);
+    const int64_t B = 2, H = 2, T = 9, dh = 4;
+    Tensor q = randn({B, H, T, dh}, dt, &g), k = randn({B, H, T, dh}, dt, &g), v = randn({B, H, T, dh}, dt, &g);
+    nlohmann::json cfg = {{"attention", {{"type", "entmax"}, {"alpha", 1.6}, {"learn_alpha", true}}}, {"causal", true}};
+    SafetensorsFile out = run_through_files(dir, "attention", cfg, {{"q", q}, {"k", k}, {"v", v}});
+    TensorMap want = reference_attention(cfg, q, k, v, Tensor(), Tensor());
+    for (const char* name :
+         {"internals.attn", "internals.support", "internals.tiles", "internals.alpha", "grad.alpha_logit"})
+      REQUIRE(want.count(name));
+    check_bitwise(out.tensors, want);
+    const Tensor attn = out.tensors.at("internals.attn");
+    CHECK(attn.at({0, 0, 0, 1}) == 0.0);  // causal
+    CHECK(out.tensors.at("internals.support").dtype() == DType::i64);
+    CHECK(out.tensors.at("internals.tiles").dtype() == DType::b8);
+    CHECK(out.tensors.at("internals.alpha").at({1}) == doctest::Approx(1.6).epsilon(1e-6));
   }
 }
 
@@ -229,7 +253,9 @@ TEST_CASE("layer: clear errors") {
   CHECK(contains(e, "unexpected tensor 'qq'"));
   e = message_of<DTypeError>([&] { run_layer("attention", plain, with(qkv, "key_padding", t({1, 3}))); });
   CHECK(contains(e, "'key_padding' must be b8"));
-  e = message_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "key_padding", zeros({1, 4}, DType::b8))); });
+  e = message_of<ShapeError>([&] {
+    run_layer("attention", plain, with(qkv, "key_padding", zeros({1, 4}, DType::b8)));
+  });
   CHECK(contains(e, "'key_padding' must be [B, Tk] = [1, 3]"));
   e = message_of<ShapeError>([&] { run_layer("attention", plain, with(qkv, "grad_out", t({1, 2, 3, 3}))); });
   CHECK(contains(e, "'grad_out' must match the output"));
@@ -242,7 +268,9 @@ TEST_CASE("layer: clear errors") {
   e = message_of<ShapeError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4})}, {"qkv.weight", t({12, 5})}}); });
   CHECK(contains(e, "parameter 'qkv.weight'"));
   CHECK(contains(e, "[12, 4]"));
-  e = message_of<DTypeError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4}, DType::f64)}, {"out.bias", t({4})}}); });
+  e = message_of<DTypeError>([&] {
+    run_layer("mha", mha_cfg, {{"x", t({1, 3, 4}, DType::f64)}, {"out.bias", t({4})}});
+  });
   CHECK(contains(e, "parameter 'out.bias'"));
   CHECK(contains(e, "runs in f64"));
   e = message_of<ValueError>([&] { run_layer("mha", mha_cfg, {{"x", t({1, 3, 4})}, {"qkv.weights", t({12, 4})}}); });
@@ -253,7 +281,8 @@ TEST_CASE("layer: clear errors") {
   CHECK(contains(e, "casual: unknown key"));
   e = message_of<ValueError>([&] { LayerConfig::from_json({{"attention", {{"type", "nope"}}}}); });
   CHECK(contains(e, "unknown attention type 'nope'"));
-  e = message_of<IOError>([&] { run_layer_io("attention", plain, "/nonexistent/in.safetensors", "/tmp/x.safetensors"); });
+  e = message_of<IOError>(
+      [&] { run_layer_io("attention", plain, "/nonexistent/in.safetensors", "/tmp/x.safetensors"); });
   CHECK(contains(e, "/nonexistent/in.safetensors"));
   // An unknown layer fails before the inputs file is opened.
   e = message_of<ValueError>([&] { run_layer_io("mlp", plain, "/nonexistent/in.safetensors", "/tmp/x.safetensors"); });
