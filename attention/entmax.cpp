@@ -99,6 +99,10 @@ int64_t keep_above(T* buf, int64_t c, T lo) {
 struct SparsemaxRule {  // k y(k) > Σ_{j≤k} y(j) − 1, τ = (Σ_{j≤k*} y(j) − 1)/k*
   double sum = 0, tau = 0;
   int64_t k = 0;
+  template <class T>
+  using Power = Linear<T>;
+  // τ when exactly the k entries with these sums are the support.
+  static double closed(double s, double, int64_t k) { return (s - 1) / double(k); }
   bool push(double y) {
     const double s = sum + y, t = (s - 1) / double(k + 1);
     if (!(y > t)) return false;
@@ -109,6 +113,12 @@ struct SparsemaxRule {  // k y(k) > Σ_{j≤k} y(j) − 1, τ = (Σ_{j≤k*} y(j
 struct Entmax15Rule {  // τ_k = M_k − sqrt(max((1 − SS_k)/k, 0)) ≤ y(k), SS_k = Σ (y(j) − M_k)²
   double sum = 0, sumsq = 0, tau = 0;
   int64_t k = 0;
+  template <class T>
+  using Power = Square<T>;
+  static double closed(double s, double q, int64_t k) {
+    const double kk = double(k), mean = s / kk;
+    return mean - std::sqrt(std::max((1 - (q - s * mean)) / kk, 0.0));
+  }
   bool push(double y) {
     const double kk = double(k + 1), s = sum + y, q = sumsq + y * y, mean = s / kk;
     const double ss = q - s * mean, t = mean - std::sqrt(std::max((1 - ss) / kk, 0.0));
@@ -134,28 +144,6 @@ void run_sorted_rule(T* buf, int64_t c, Rule& rule) {
   }
 }
 
-constexpr int64_t kSample = 32;
-
-template <class T, class Rule>
-Threshold<T> sorted_threshold(const T* z, int64_t n, T alpha, T* scratch) {
-  const RowScan<T> r = scan_row(z, n);
-  if (!r.finite) return {r.max, std::numeric_limits<T>::quiet_NaN(), -1};
-  if (r.max == -std::numeric_limits<T>::infinity()) return {r.max, T(0), 0};
-  int64_t c = gather_candidates(z, n, r.max, alpha - 1, scratch);
-  if (c > 4 * kSample) {
-    // τ of any subset of the entries is a lower bound on τ (the subset's Σ p(τ) − 1 is never above
-    // the whole row's, and both fall with τ): the τ of kSample candidates drops the entries at or
-    // below it, which cannot be in the support, before the partial sort.
-    T sample[kSample];
-    std::copy(scratch, scratch + kSample, sample);
-    Rule bound;
-    run_sorted_rule(sample, kSample, bound);
-    c = keep_above(scratch, c, T(bound.tau));
-  }
-  Rule rule;
-  run_sorted_rule(scratch, c, rule);
-  return {r.max, T(rule.tau), rule.k};
-}
 
 // f(τ) = Σ_i [y_i − τ]_+^β − 1 and its first two derivatives, over the candidates.
 struct RootEval {
@@ -215,6 +203,51 @@ T solve_tau(const T* y, int64_t c, const Power& pw, int max_iter) {
     if (std::abs(step) <= tol * std::abs(tau) || hi - lo <= tol * std::abs(tau)) break;
   }
   return T(tau);
+}
+
+constexpr int64_t kSample = 32, kRootAbove = 64;
+
+template <class T, class Rule>
+Threshold<T> sorted_threshold(const T* z, int64_t n, T alpha, T* scratch) {
+  const RowScan<T> r = scan_row(z, n);
+  if (!r.finite) return {r.max, std::numeric_limits<T>::quiet_NaN(), -1};
+  if (r.max == -std::numeric_limits<T>::infinity()) return {r.max, T(0), 0};
+  int64_t c = gather_candidates(z, n, r.max, alpha - 1, scratch);
+  if (c > 4 * kSample) {
+    // τ of any subset of the entries is a lower bound on τ (the subset's Σ p(τ) − 1 is never above
+    // the whole row's, and both fall with τ): the τ of kSample candidates drops the entries at or
+    // below it, which cannot be in the support, before the partial sort.
+    T sample[kSample];
+    std::copy(scratch, scratch + kSample, sample);
+    Rule bound;
+    run_sorted_rule(sample, kSample, bound);
+    c = keep_above(scratch, c, T(bound.tau));
+  }
+  if (c > kRootAbove) {
+    // Many candidates (near-uniform rows: all n, and a support of most of them): a partial sort would
+    // sort nearly everything. Halley/Newton steps locate τ instead; the closed form over the support
+    // they imply is then the exact τ, once no entry changes side (an entry on the boundary: again).
+    double tau = double(solve_tau(scratch, c, typename Rule::template Power<T>{}, 50));
+    for (int round = 0; round < 4; ++round) {
+      double sum = 0, sumsq = 0;
+      int64_t k = 0;
+#pragma omp simd reduction(+ : sum, sumsq, k)
+      for (int64_t i = 0; i < c; ++i) {
+        const double y = double(scratch[i]), on = y > tau;
+        sum += on * y, sumsq += on * y * y, k += y > tau;
+      }
+      if (k == 0) break;
+      const double exact = Rule::closed(sum, sumsq, k);
+      int64_t moved = 0;
+#pragma omp simd reduction(+ : moved)
+      for (int64_t i = 0; i < c; ++i) moved += (double(scratch[i]) > exact) != (double(scratch[i]) > tau);
+      if (moved == 0) return {r.max, T(exact), k};
+      tau = exact;
+    }
+  }
+  Rule rule;  // few candidates, or the closed form did not settle: the partial sort
+  run_sorted_rule(scratch, c, rule);
+  return {r.max, T(rule.tau), rule.k};
 }
 
 template <class T, class Power>
