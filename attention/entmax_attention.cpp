@@ -577,12 +577,7 @@ const OpDef kEntmaxAttention(
 Tensor entmax_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                         const EntmaxAlpha& alpha, EntmaxAttentionStats* stats) {
   const char* name = "entmax_attention";
-  check_qkv(name, q, k, v, mask);
-  if (!is_floating(q.dtype()))
-    fail<DTypeError>(name, "q, k, v must be f32 or f64, got ", describe(q), ", ", describe(k), ", ", describe(v));
-  if (q.device() != Device::cpu || k.device() != Device::cpu || v.device() != Device::cpu)
-    fail<DeviceError>(name, "runs on the CPU; got q on ", q.device(), ", k on ", k.device(), ", v on ", v.device());
-  if (!std::isfinite(scale)) fail<ValueError>(name, "scale must be finite, got ", scale);
+  check_fused_inputs(name, q, k, v, mask, scale);
   check_alpha(name, alpha, q);
   const entmax_attention_tiles::Tiles tl = effective_tiles();
   if (tl.q > 256) fail<ValueError>(name, "query tile ", tl.q, " is larger than 256");

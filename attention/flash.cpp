@@ -436,12 +436,7 @@ Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const O
 Tensor fused_attention(const OpDef& op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
                        double scale, int64_t block, Tensor* lse_out) {
   const char* name = op.name.c_str();
-  check_qkv(name, q, k, v, mask);
-  if (!is_floating(q.dtype()))
-    fail<DTypeError>(name, "q, k, v must be f32 or f64, got ", describe(q), ", ", describe(k), ", ", describe(v));
-  if (q.device() != Device::cpu || k.device() != Device::cpu || v.device() != Device::cpu)
-    fail<DeviceError>(name, "runs on the CPU; got q on ", q.device(), ", k on ", k.device(), ", v on ", v.device());
-  if (!std::isfinite(scale)) fail<ValueError>(name, "scale must be finite, got ", scale);
+  check_fused_inputs(name, q, k, v, mask, scale);
   auto plan = std::make_shared<const Plan>(q, k, mask, scale, block, effective_tiles());
   const DType dt = q.dtype();
   const bool empty_problem = q.numel() == 0 || k.numel() == 0;

@@ -29,6 +29,17 @@ namespace attnlab::tiled {
 
 // Below this many flops (summed over all tile products) a call runs on one thread: 32 flops per
 // element of the elementwise grain (1 << 20 by default; tests lower the grain to force parallel runs).
+// The checks every fused kernel runs first: shapes and masks (check_qkv), f32/f64, the CPU, a finite scale.
+inline void check_fused_inputs(const char* name, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const AttentionMask& mask, double scale) {
+  check_qkv(name, q, k, v, mask);
+  if (!is_floating(q.dtype()))
+    fail<DTypeError>(name, "q, k, v must be f32 or f64, got ", describe(q), ", ", describe(k), ", ", describe(v));
+  if (q.device() != Device::cpu || k.device() != Device::cpu || v.device() != Device::cpu)
+    fail<DeviceError>(name, "runs on the CPU; got q on ", q.device(), ", k on ", k.device(), ", v on ", v.device());
+  if (!std::isfinite(scale)) fail<ValueError>(name, "scale must be finite, got ", scale);
+}
+
 inline double parallel_work() { return 32.0 * double(cpu::parallel_grain()); }
 
 // Elements per 512-bit vector: row loops ask for full-width vectors (GCC prefers 256 bits by default).
@@ -199,9 +210,10 @@ void panel(int64_t m, int64_t kdim, float alpha, const float* a, int64_t ars, in
     if constexpr (r < MR) block<r, NZ>(kdim, alpha, ai, ars, aks, b, ldb, beta, ci, ldc, tail); \
     break;
     ATTNLAB_FLASH_ROWS(1)
-    ATTNLAB_FLASH_ROWS(2) ATTNLAB_FLASH_ROWS(3) ATTNLAB_FLASH_ROWS(4) ATTNLAB_FLASH_ROWS(5) ATTNLAB_FLASH_ROWS(6)
-        ATTNLAB_FLASH_ROWS(7) ATTNLAB_FLASH_ROWS(8) ATTNLAB_FLASH_ROWS(9) ATTNLAB_FLASH_ROWS(10) ATTNLAB_FLASH_ROWS(11)
-            ATTNLAB_FLASH_ROWS(12) ATTNLAB_FLASH_ROWS(13)
+    ATTNLAB_FLASH_ROWS(2)
+    ATTNLAB_FLASH_ROWS(3) ATTNLAB_FLASH_ROWS(4) ATTNLAB_FLASH_ROWS(5) ATTNLAB_FLASH_ROWS(6) ATTNLAB_FLASH_ROWS(7)
+        ATTNLAB_FLASH_ROWS(8) ATTNLAB_FLASH_ROWS(9) ATTNLAB_FLASH_ROWS(10) ATTNLAB_FLASH_ROWS(11) ATTNLAB_FLASH_ROWS(12)
+            ATTNLAB_FLASH_ROWS(13)
 #undef ATTNLAB_FLASH_ROWS
                 default : break;
   }
