@@ -234,13 +234,13 @@ std::vector<double> LMTrainer::run(int64_t stop_at) {
            << " (" << r.tokens << " tokens)\n";
       const nlohmann::json attn = attention_stats(*model_);
       for (auto& [key, per_layer] : attn.items()) {
-        log_ << "    " << key << " (layer: per head):";
+        std::ostringstream line;  // (its own stream: the log's number format stays as it was)
+        line << "    " << key << " (layer: per head):" << std::fixed << std::setprecision(2);
         for (size_t l = 0; l < per_layer.size(); ++l) {
-          log_ << "  L" << l << " ";
-          for (size_t h = 0; h < per_layer[l].size(); ++h)
-            log_ << (h ? "/" : "") << std::fixed << std::setprecision(2) << per_layer[l][h].get<double>();
+          line << "  L" << l << " ";
+          for (size_t h = 0; h < per_layer[l].size(); ++h) line << (h ? "/" : "") << per_layer[l][h].get<double>();
         }
-        log_ << "\n";
+        log_ << line.str() << "\n";
       }
       log_ << std::flush;
       log_metrics({{"step", step_}, {"val_loss", r.loss}, {"val_bpc", r.bpc}, {"elapsed_s", train_seconds_}});
