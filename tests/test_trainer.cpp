@@ -94,6 +94,36 @@ TEST_CASE("resuming from a checkpoint continues exactly like an uninterrupted ru
   fs::remove_all(dir);
 }
 
+TEST_CASE("entmax attention: training logs the support size and α of every layer and head") {
+  std::string dir = temp_dir("entmax");
+  std::string corpus = write_corpus(dir);
+  std::ostringstream log;
+  nlohmann::json cfg = tiny_config(dir, corpus);
+  cfg["model"]["n_layers"] = 2;
+  cfg["model"]["attention"] = {{"type", "entmax"}, {"alpha", 1.5}, {"learn_alpha", true}};
+  TrainConfig tc = TrainConfig::from_json(cfg);
+  LMTrainer(tc, false, log).run();
+  CHECK(log.str().find("attn.alpha (layer: per head):  L0 ") != std::string::npos);
+  CHECK(log.str().find("attn.support (layer: per head):") != std::string::npos);
+  std::ifstream m(dir + "/run/metrics.jsonl");
+  std::string line;
+  int rows = 0;
+  while (std::getline(m, line)) {
+    auto row = nlohmann::json::parse(line);
+    if (!row.contains("train_loss")) continue;
+    ++rows;
+    REQUIRE(row.contains("attn.alpha"));
+    REQUIRE(row["attn.alpha"].size() == 2);     // layers
+    REQUIRE(row["attn.alpha"][0].size() == 2);  // heads
+    for (const auto& layer : row["attn.support"])
+      for (const auto& s : layer) CHECK((s.get<double>() >= 1 && s.get<double>() <= 16));
+    for (const auto& layer : row["attn.alpha"])
+      for (const auto& a : layer) CHECK((a.get<double>() > 1 && a.get<double>() < 2));
+  }
+  CHECK(rows == 6);  // steps 3, 5 (evaluated), 6, 9, 10, 12
+  fs::remove_all(dir);
+}
+
 TEST_CASE("malformed training configs are rejected with a clear error") {
   auto base = tiny_config("/tmp/x", "/tmp/x/corpus.txt");
   auto bad = [&](const std::function<void(nlohmann::json&)>& edit) {
