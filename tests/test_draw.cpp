@@ -365,4 +365,16 @@ TEST_CASE("draw: loss curves from a metrics file") {
                                             "\n";
   CHECK_THROWS_AS(draw_metrics(dir.file("empty.jsonl")), ValueError);
   CHECK_THROWS_AS(draw_metrics(dir.file("missing.jsonl")), IOError);
+
+  // Per-head attention numbers (entmax's α and support) add a panel each, one line per layer and head.
+  std::ofstream(dir.file("attn.jsonl")) << R"({"step": 10, "train_loss": 2, "attn.alpha": [[1.5, 1.5], [1.5, 1.5]]})"
+                                           "\n"
+                                           R"({"step": 20, "train_loss": 1.5, "attn.alpha": [[1.4, 1.3], [1.45, 1.5]]})"
+                                           "\n";
+  Image attn = draw_metrics(dir.file("attn.jsonl"), 640, 480);
+  CHECK(attn.height == 480);  // two panels: loss and α
+  for (RGB c : {RGB{31, 119, 180}, RGB{255, 127, 14}, RGB{44, 160, 44}, RGB{214, 39, 40}}) CHECK(has_colour(attn, c));
+  std::ofstream(dir.file("attn_bad.jsonl")) << R"({"step": 10, "train_loss": 2, "attn.alpha": [["x"]]})"
+                                               "\n";
+  CHECK_THROWS_AS(draw_metrics(dir.file("attn_bad.jsonl")), ValueError);
 }

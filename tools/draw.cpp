@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "autograd/grad_mode.h"
@@ -20,6 +21,10 @@ namespace fs = std::filesystem;
 namespace {
 
 const RGB kBlack{0, 0, 0}, kGrey{90, 90, 90}, kFrame{160, 160, 160}, kWhite{255, 255, 255};
+// Line colours of the per-head series (the tab10 palette).
+const std::vector<RGB> kPalette = {{31, 119, 180}, {255, 127, 14},  {44, 160, 44},   {214, 39, 40},  {148, 103, 189},
+                                   {140, 86, 75},  {227, 119, 194}, {127, 127, 127}, {188, 189, 34}, {23, 190, 207}};
+
 // Exact zeros: light grey, which viridis never gives; light orange with the gray colormap.
 RGB exact_zero_colour(Colormap c) { return c == Colormap::gray ? RGB{250, 214, 170} : RGB{228, 228, 228}; }
 
@@ -153,8 +158,8 @@ Image draw_heatmap_grid(const HeatmapGrid& g, const HeatmapStyle& st, HeatmapLay
             row_norm ? range_of(std::vector<double>(v.begin() + i * C, v.begin() + (i + 1) * C), diverging) : r;
         for (int64_t j = 0; j < C; ++j) {
           double x = v[size_t(i * C + j)];
-          RGB col = zeros_apart && x == 0.0 ? kExactZero
-                                            : colormap(cmap, std::isfinite(x) ? position(x, rr) : std::nan(""));
+          RGB col =
+              zeros_apart && x == 0.0 ? kExactZero : colormap(cmap, std::isfinite(x) ? position(x, rr) : std::nan(""));
           plot::fill_rect(img, cx + j * s, cy + i * s, s, s, col);
         }
       }
@@ -357,6 +362,7 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
   plot::Series ema{"train loss (EMA)", {}, {}, RGB{31, 119, 180}, false, 2.0};
   plot::Series val{"val loss", {}, {}, RGB{255, 127, 14}, true, 1.5};
   plot::Series bpc{"val bpc", {}, {}, RGB{214, 39, 40}, true, 1.5};
+  std::map<std::string, std::map<std::pair<size_t, size_t>, plot::Series>> per_head;  // key -> (layer, head)
   std::string line;
   int64_t lineno = 0;
   // A row is never skipped for a wrong type: the curve would silently miss it.
@@ -384,6 +390,24 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
     if (number(row, "train_loss_ema", v)) ema.x.push_back(step), ema.y.push_back(v);
     if (number(row, "val_loss", v)) val.x.push_back(step), val.y.push_back(v);
     if (number(row, "val_bpc", v)) bpc.x.push_back(step), bpc.y.push_back(v);
+    // Per-head attention numbers (attn.alpha, attn.support: [layers][heads]), one line per head.
+    for (auto it = row.begin(); it != row.end(); ++it) {
+      if (it.key().rfind("attn.", 0) != 0 || !it->is_array()) continue;
+      auto& lines = per_head[it.key()];
+      for (size_t l = 0; l < it->size(); ++l) {
+        const nlohmann::json& heads = (*it)[l];
+        if (!heads.is_array()) continue;  // a layer whose method reports nothing
+        for (size_t h = 0; h < heads.size(); ++h) {
+          if (!heads[h].is_number())
+            fail<ValueError>("draw", path, ":", lineno, ": \"", it.key(), "\" must hold numbers, got ",
+                             heads[h].dump());
+          plot::Series& sr = lines[{l, h}];
+          if (sr.label.empty())
+            sr = {cat("L", l, " h", h), {}, {}, kPalette[(l * heads.size() + h) % kPalette.size()], false, 1.5};
+          sr.x.push_back(step), sr.y.push_back(heads[h].get<double>());
+        }
+      }
+    }
   }
   std::vector<plot::Panel> panels;
   const std::string name = fs::path(path).filename().string();
@@ -397,8 +421,14 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
          "step",
          "bits per character",
          {bpc}});
+  for (auto& [key, lines] : per_head) {
+    plot::Panel p{key.substr(5) + " per layer (L) and head (h)", "step", key.substr(5), {}};
+    for (auto& [lh, series] : lines) p.series.push_back(series);
+    panels.push_back(p);
+  }
   if (panels.empty()) fail<ValueError>("draw", path, " has no rows with step and train_loss, val_loss or val_bpc");
-  return plot::line_chart(panels, width, height);
+  // Room for the per-head panels: the height given is for the two standard ones.
+  return plot::line_chart(panels, width, height * std::max<int64_t>(1, (int64_t(panels.size()) + 1) / 2));
 }
 
 }  // namespace attnlab
