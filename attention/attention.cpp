@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "attention/local.h"
+#include "attention/sinkformer.h"
 #include "attention/softmax.h"
 
 namespace attnlab {
@@ -13,7 +14,8 @@ namespace {
 // linker for method files nothing else references.
 std::map<std::string, AttentionParser>& parsers() {
   static std::map<std::string, AttentionParser> p = {{"softmax", parse_softmax_attention},
-                                                     {"local", parse_local_attention}};
+                                                     {"local", parse_local_attention},
+                                                     {"sinkformer", parse_sinkformer_attention}};
   return p;
 }
 }  // namespace
