@@ -27,6 +27,7 @@
 #include "attention/entmax.h"
 #include "attention/flash.h"
 #include "attention/local.h"
+#include "attention/sinkformer.h"
 #include "autograd/grad_mode.h"
 #include "core/allocator.h"
 #include "core/cpu/blas.h"
@@ -50,7 +51,8 @@ struct Options {
   double min_time_ms = -1;
   bool quick = false;
   int64_t threads = 0;   // 0: leave OpenMP / OpenBLAS defaults
-  int64_t max_n = 8192;  // attention: largest sequence length
+  int64_t max_n = 0;        // attention, sinkformer: largest sequence length (0: the section's default)
+  int64_t torch_max_n = 0;  // sinkformer: largest n run in PyTorch (0: 2048)
   std::string json_path;
 };
 
@@ -456,6 +458,13 @@ double median_call_ms(const std::function<void()>& fn, double min_ms) {
   return bench::median(ts);
 }
 
+// Wall time of one call of fn.
+double timed_ms(const std::function<void()>& fn) {
+  const double t0 = bench::now_ms();
+  fn();
+  return bench::now_ms() - t0;
+}
+
 // Peak bytes the caching allocator held during one call of fn, above what was in use before it.
 double peak_extra_mib(const std::function<void()>& fn) {
   const size_t before = cpu_allocator::stats().bytes_in_use;
@@ -470,7 +479,7 @@ void section_attention(Context& ctx) {
   const int64_t B = 1, H = 8, d = 64, block = 64;
   std::vector<int64_t> sizes;
   for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{256, 512} : std::vector<int64_t>{512, 1024, 2048, 4096, 8192})
-    if (n <= ctx.opt.max_n) sizes.push_back(n);
+    if (n <= (ctx.opt.max_n ? ctx.opt.max_n : 8192)) sizes.push_back(n);
   const int rounds = ctx.opt.quick ? 1 : 2;
   const double min_fwd_ms = ctx.opt.quick ? 100 : 1000, min_fb_ms = ctx.opt.quick ? 200 : 1500;
   const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
@@ -586,6 +595,130 @@ void section_attention(Context& ctx) {
     }
   }
   ctx.results["attention"] = rows;
+}
+
+// ---- sinkformer: streaming Sinkhorn attention against PyTorch's unrolled autograd -----------------
+
+// q, k, v [1, 8, n, 64] f32, 8 Sinkhorn iterations as attn_bench.py counts them: a row normalisation,
+// then 8 (column, row) pairs = 17 normalisations. PyTorch keeps ~2 n×n tensors per normalisation for
+// its autograd (10.8 GiB and ~70 s per call at 4K), so it runs up to --torch-max-n (default 2048).
+// "x softmax" = fwd+bwd time over attnlab's fused softmax (flash_attention) at the same n: each
+// normalisation is one streaming pass over S, so about the number of passes is the floor.
+void section_sinkformer(Context& ctx) {
+  const int64_t B = 1, H = 8, d = 64, sinkhorn_iters = 8, normalisations = 2 * sinkhorn_iters + 1;
+  std::vector<int64_t> sizes;
+  for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{256, 512} : std::vector<int64_t>{1024, 2048, 4096, 8192, 16384})
+    if (n <= (ctx.opt.max_n ? ctx.opt.max_n : 16384)) sizes.push_back(n);
+  const int64_t torch_max_n = ctx.opt.torch_max_n ? ctx.opt.torch_max_n : (ctx.opt.quick ? 512 : 2048);
+  const double min_ms = ctx.opt.quick ? 100 : 1000;
+  const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
+  std::printf(
+      "\n== sinkformer: q, k, v [%lld, %lld, n, %lld] f32, %lld Sinkhorn iterations (%lld normalisations); "
+      "attnlab fused vs PyTorch unrolled autograd (attn_bench.py sinkformer, %d threads, n <= %lld)\n"
+      "   ratio = PyTorch / attnlab fwd+bwd; x softmax = attnlab fwd+bwd / attnlab fused softmax fwd+bwd; "
+      "peak as in the attention section;\n   target: >= 10x PyTorch and <= 64 MiB extra at 2K\n\n",
+      (long long)B, (long long)H, (long long)d, (long long)sinkhorn_iters, (long long)normalisations, threads,
+      (long long)torch_max_n);
+  bench::Table table({{"backward", 9, true},
+                      {"n", 6},
+                      {"fwd ms", 9},
+                      {"f+b ms", 9},
+                      {"torch f+b", 9},
+                      {"ratio", 6},
+                      {"softmax f+b", 11},
+                      {"x softmax", 9},
+                      {"target", 6},
+                      {"peak MiB f/f+b", 14},
+                      {"torch MiB", 9},
+                      {"CG it", 5},
+                      {"max|diff|", 9}});
+  table.header();
+  json rows = json::array();
+  std::string why_missing;
+  bool torch_ok = true;
+  for (int64_t n : sizes) {
+    Generator gen(ctx.seed, 1900 + uint64_t(n));
+    Tensor q = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor k = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor v = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor g = randn({B, H, n, d}, DType::f32, &gen);
+    const double scale = 1.0 / std::sqrt(double(d));
+    auto fwdbwd_of = [&](const std::function<Tensor()>& attend) {
+      return [&, attend] {
+        q.zero_grad();
+        k.zero_grad();
+        v.zero_grad();
+        attend().backward(g);
+      };
+    };
+    const double softmax_fb = median_call_ms(fwdbwd_of([&] { return flash_attention(q, k, v, {}, scale); }),
+                                             n >= 8192 ? 0 : min_ms);
+    // PyTorch once per n (its calls take seconds to minutes), the same for both backward modes.
+    double t_fb = NAN, t_peak = NAN;
+    if (torch_ok && n <= torch_max_n) {
+      char args[160];
+      std::snprintf(args, sizeof args, "sinkformer %lld --b %lld --h %lld --d %lld --iters %lld --threads %d",
+                    (long long)n, (long long)B, (long long)H, (long long)d, (long long)sinkhorn_iters, threads);
+      if (auto j = run_pytorch_baseline("attn_bench.py", args, &why_missing)) {
+        t_fb = (*j)["fwdbwd_ms"].get<double>();
+        t_peak = (*j)["peak_fwdbwd_MiB"].get<double>();
+      } else {
+        torch_ok = false;
+        std::printf("   (PyTorch column empty: %s)\n", why_missing.c_str());
+      }
+    }
+    for (SinkhornBackward bw : {SinkhornBackward::unrolled, SinkhornBackward::implicit}) {
+      SinkhornOptions o;
+      o.iterations = normalisations;
+      o.backward = bw;
+      o.tol = 1e-4;  // f32: the products' rounding sets the floor
+      o.max_cg_iter = 100;
+      const char* name = bw == SinkhornBackward::unrolled ? "unrolled" : "implicit";
+      auto attend = [&] { return sinkformer_attention(q, k, v, {}, scale, o); };
+      auto fwd = [&] {
+        NoGradGuard ng;
+        Tensor out = attend();
+      };
+      const auto fwdbwd = fwdbwd_of(attend);
+      std::string diff = "-";
+      if (n <= 1024) {
+        NoGradGuard ng;
+        Tensor ref = sinkformer_attention_composite(q, k, v, {}, scale, normalisations);
+        Tensor ours = attend().detach();
+        diff = fmt("%.1e",
+                   bench::max_abs_diff(ours.contiguous().data<float>(), ref.contiguous().data<float>(), ours.numel()));
+      }
+      // Calls take seconds at 8K+: the first call of each kind is both the warm-up and the peak-memory
+      // measurement, and counts as a timing from 8K on.
+      double peak_f = 0, peak_fb = 0;
+      const double first_f = timed_ms([&] { peak_f = peak_extra_mib(fwd); });
+      const double first_fb = timed_ms([&] { peak_fb = peak_extra_mib(fwdbwd); });
+      const int64_t cg = bw == SinkhornBackward::implicit ? sinkformer::last_backward_stats().cg_iterations : 0;
+      const bool long_calls = n >= 8192;
+      const double af = long_calls ? first_f : median_call_ms(fwd, min_ms);
+      const double afb = long_calls ? first_fb : median_call_ms(fwdbwd, min_ms);
+      const double ratio = t_fb / afb;
+      const char* verdict = n != 2048 || std::isnan(ratio) ? "-" : (ratio >= 10 && peak_fb <= 64 ? "ok" : "LOW");
+      table.row({name, std::to_string(n), fmt("%.1f", af), fmt("%.1f", afb), fmt("%.0f", t_fb), fmt("%.1f", ratio),
+                 fmt("%.1f", softmax_fb), fmt("%.1f", afb / softmax_fb), verdict, fmt("%.1f/%.1f", peak_f, peak_fb),
+                 fmt("%.0f", t_peak), bw == SinkhornBackward::implicit ? std::to_string(cg) : "-", diff});
+      rows.push_back({{"backward", name},
+                      {"n", n},
+                      {"normalisations", normalisations},
+                      {"attnlab_fwd_ms", af},
+                      {"attnlab_fwdbwd_ms", afb},
+                      {"pytorch_fwdbwd_ms", std::isnan(t_fb) ? json(nullptr) : json(t_fb)},
+                      {"ratio_fwdbwd", std::isnan(ratio) ? json(nullptr) : json(ratio)},
+                      {"softmax_fwdbwd_ms", softmax_fb},
+                      {"over_softmax", afb / softmax_fb},
+                      {"attnlab_peak_fwd_MiB", peak_f},
+                      {"attnlab_peak_fwdbwd_MiB", peak_fb},
+                      {"pytorch_peak_fwdbwd_MiB", std::isnan(t_peak) ? json(nullptr) : json(t_peak)},
+                      {"cg_iterations", cg},
+                      {"max_abs_diff_vs_composite", diff}});
+    }
+  }
+  ctx.results["sinkformer"] = rows;
 }
 
 // ---- entmax: sparsemax, 1.5-entmax and bisection against PyTorch ---------------------------------
@@ -727,6 +860,8 @@ const Section kSections[] = {
      section_attention},
     {"entmax", "sparsemax, 1.5-entmax, bisection fwd and fwd+bwd ns/element vs PyTorch (sparsemax_bench.py)",
      section_entmax},
+    {"sinkformer", "streaming Sinkhorn attention fwd+bwd, both backward modes, memory vs PyTorch (attn_bench.py)",
+     section_sinkformer},
 };
 
 std::string section_list() {
@@ -750,8 +885,11 @@ void add_options(cli::Command& cmd, Options& o, bool& list) {
       ->type_name("MS");
   cmd.flag("--quick", o.quick, "small sizes, for a smoke run");
   cmd.integer("--max-n", o.max_n, 1, max,
-              "attention: largest sequence length (default 8192; PyTorch's vanilla\n"
-              "attention needs ~6 GiB and ~14 s per call at 8192)");
+              "attention, sinkformer: largest sequence length (default 8192 and 16384;\n"
+              "PyTorch's vanilla attention needs ~6 GiB and ~14 s per call at 8192)");
+  cmd.integer("--torch-max-n", o.torch_max_n, 1, max,
+              "sinkformer: largest n run in PyTorch (default 2048: its unrolled autograd\n"
+              "needs 10.8 GiB and ~70 s per call at 4096)");
   cmd.integer("--threads", o.threads, 1, max, "set OpenMP and OpenBLAS thread counts (default: leave as configured)");
   cmd.text("--json", o.json_path, "also write machine-readable results to FILE")->type_name("FILE");
   cmd.flag("--list", list, "list the sections and exit");
