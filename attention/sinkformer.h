@@ -59,14 +59,19 @@ Tensor sinkformer_blocked(const AttentionMask& mask, int64_t tq, int64_t tk, int
 Tensor column_sum_deviation(const Tensor& w, const Tensor& key_padding = {});
 
 namespace sinkformer {
-// What the last implicit backward on this thread did: CG iterations (the most over batch·heads) and
-// the largest final relative residual.
+// What the last backward on this thread did: CG iterations (implicit; the most over batch·heads), the
+// largest final relative residual, and which form the gradient passes took.
 struct BackwardStats {
   int64_t cg_iterations = 0;
   double residual = 0;
   bool converged = true;
+  bool low_rank = false;  // the gradient passes took the step matrices as a low-rank correction of P
 };
 BackwardStats last_backward_stats();
+// For tests: the largest drift of the potentials (over the steps, rows plus columns) for which the
+// gradient passes use the low-rank form instead of one exponential per step and score (< 0: the
+// default, 30 in f32 and 300 in f64; 0 forces the exponentials whenever there are two steps or more).
+void set_low_rank_limit(double limit);
 }  // namespace sinkformer
 
 class SinkformerAttention : public AttentionMethod {

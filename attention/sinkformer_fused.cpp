@@ -97,7 +97,7 @@ void for_row_tiles(const SinkPlan& p, const Side<T>& s, int64_t per_thread, doub
 
 template <class T>
 void add_row(T* x, const T* y, int64_t n) {
-#pragma omp simd simdlen(kLanes <T>)
+#pragma omp simd simdlen(kLanes<T>)
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
@@ -176,13 +176,69 @@ struct Term {
   const T *xw, *yw, *xb, *yb;
 };
 
-// dX_i = scale Σ_j dS_ij Y_j with dS_ij = p_ij dPt_ij + Σ_t (xw_ti + yw_tj) exp(St_ij + xb_ti + yb_tj),
-// p the first term's matrix and dPt = X2_i Y2_jᵀ (dP = dO Vᵀ seen from this side).
+// The terms after the first as a low-rank correction of it: exp(St + xb_t + yb_t) = p ∘ (a_t b_tᵀ) with
+// a_t = exp(xb_t − xb_0), b_t = exp(yb_t − yb_0) (0 where the first term excludes the row or column),
+// so that dS = p ∘ (dPt + xw_0 + yw_0 + U Wᵀ): one tile product of inner size `rank` instead of an
+// exponential per term and score. Each term after the first has one weight (a row or a column step).
 template <class T>
-void grad_pass(const SinkPlan& p, const Side<T>& s, const std::vector<Term<T>>& terms, const Operand& x2,
-               const Operand& y2, const T* y2t, T* dx) {
+struct LowRank {
+  Tensor u, wt;  // [BH, nx, rank], [BH, rank, ny]
+  int64_t rank = 0;
+};
+
+template <class T>
+LowRank<T> low_rank(const SinkPlan& p, const Side<T>& s, const std::vector<Term<T>>& terms) {
+  LowRank<T> lr;
+  lr.rank = int64_t(terms.size()) - 1;
+  if (lr.rank <= 0) return lr;
+  lr.u = empty({p.BH, s.nx, lr.rank}, dtype_of<T>());
+  lr.wt = empty({p.BH, lr.rank, s.ny}, dtype_of<T>());
+  T* u = lr.u.template data<T>();
+  T* wt = lr.wt.template data<T>();
+  const T *x0 = terms[0].xb, *y0 = terms[0].yb;
+  for (int64_t t = 1; t <= lr.rank; ++t) {
+    const Term<T>& tm = terms[size_t(t)];
+    for (int64_t e = 0; e < p.BH * s.nx; ++e) {
+      const T a = std::isinf(x0[e]) ? T(0) : std::exp(tm.xb[e] - x0[e]);
+      u[e * lr.rank + t - 1] = tm.xw ? tm.xw[e] * a : a;
+    }
+    for (int64_t bh = 0; bh < p.BH; ++bh)
+      for (int64_t j = 0; j < s.ny; ++j) {
+        const int64_t e = bh * s.ny + j;
+        const T b = std::isinf(y0[e]) ? T(0) : std::exp(tm.yb[e] - y0[e]);
+        wt[(bh * lr.rank + t - 1) * s.ny + j] = tm.yw ? tm.yw[e] * b : b;
+      }
+  }
+  return lr;
+}
+
+// Whether the low-rank form is safe: a_t b_t stays within range (and p does not underflow where a
+// term does not) while the potentials of every step are within `limit` of the last ones. Beyond it
+// (very peaked scores) each term gets its own exponential.
+double g_low_rank_limit = -1;  // < 0: the default for the dtype
+
+template <class T>
+bool low_rank_ok(const SinkPlan& p, const std::vector<Term<T>>& terms) {
+  const double limit = g_low_rank_limit >= 0 ? g_low_rank_limit : sizeof(T) == 4 ? 30.0 : 300.0;
+  double dx = 0, dy = 0;
+  for (size_t t = 1; t < terms.size(); ++t) {
+    for (int64_t e = 0; e < p.BH * p.Tq; ++e)
+      if (!std::isinf(terms[0].xb[e])) dx = std::max(dx, double(std::abs(terms[t].xb[e] - terms[0].xb[e])));
+    for (int64_t e = 0; e < p.BH * p.Tk; ++e)
+      if (!std::isinf(terms[0].yb[e])) dy = std::max(dy, double(std::abs(terms[t].yb[e] - terms[0].yb[e])));
+  }
+  return dx + dy <= limit;  // false for NaN
+}
+
+// dX_i = scale Σ_j dS_ij Y_j with dS_ij = p_ij dPt_ij + Σ_t (xw_ti + yw_tj) exp(St_ij + xb_ti + yb_tj),
+// p the first term's matrix and dPt = X2_i Y2_jᵀ (dP = dO Vᵀ seen from this side); the terms after
+// the first from lr when set.
+template <class T>
+void grad_pass(const SinkPlan& p, const Side<T>& s, const std::vector<Term<T>>& terms, const LowRank<T>* lr,
+               const Operand& x2, const Operand& y2, const T* y2t, T* dx) {
   const int64_t bx = p.bx, by = p.by, dh = p.dh;
-  const double flops = double(6 * dh) + 20.0 * double(terms.size());
+  const size_t nterms = lr ? 1 : terms.size();
+  const double flops = double(6 * dh) + (lr ? 2.0 * double(lr->rank) : 20.0 * double(nterms));
   for_row_tiles(p, s, 2 * bx * by + by, flops, [&](int64_t bh, int64_t i0, int64_t i1, T* S) {
     T* D = S + bx * by;
     T* e = D + bx * by;
@@ -193,28 +249,31 @@ void grad_pass(const SinkPlan& p, const Side<T>& s, const std::vector<Term<T>>& 
       score_tile(p, s, bh, i0, mi, j0, nj, S);
       const Mat<T> y2tile = y2t ? Mat<T>{y2t + bh * dh * s.ny + j0, s.ny, 1} : y2.template rows_t<T>(b, h, j0);
       tile_gemm(mi, nj, dh, T(1), x2.template rows<T>(b, h, i0), y2tile, T(0), D, by);  // dPt
+      if (lr && lr->rank > 0)                                                           // dPt += U_i W_jᵀ
+        tile_gemm(mi, nj, lr->rank, T(1), Mat<T>{lr->u.template data<T>() + (bh * s.nx + i0) * lr->rank, lr->rank, 1},
+                  Mat<T>{lr->wt.template data<T>() + bh * lr->rank * s.ny + j0, s.ny, 1}, T(1), D, by);
       for (int64_t r = 0; r < mi; ++r) {
         const T* srow = S + r * by;
         T* drow = D + r * by;
-        for (size_t t = 0; t < terms.size(); ++t) {
+        for (size_t t = 0; t < nterms; ++t) {
           const Term<T>& tm = terms[t];
           const T* yb = tm.yb + bh * s.ny + j0;
-#pragma omp simd simdlen(kLanes <T>)
+#pragma omp simd simdlen(kLanes<T>)
           for (int64_t c = 0; c < nj; ++c) e[c] = srow[c] + yb[c];
           exp_row(e, nj, T(-tm.xb[bh * s.nx + i0 + r]));
           const T xw = tm.xw ? tm.xw[bh * s.nx + i0 + r] : T(0);
           const T* yw = tm.yw ? tm.yw + bh * s.ny + j0 : nullptr;
           if (t == 0 && yw) {
-#pragma omp simd simdlen(kLanes <T>)
+#pragma omp simd simdlen(kLanes<T>)
             for (int64_t c = 0; c < nj; ++c) drow[c] = e[c] * (drow[c] + xw + yw[c]);
           } else if (t == 0) {
-#pragma omp simd simdlen(kLanes <T>)
+#pragma omp simd simdlen(kLanes<T>)
             for (int64_t c = 0; c < nj; ++c) drow[c] = e[c] * (drow[c] + xw);
           } else if (yw) {
-#pragma omp simd simdlen(kLanes <T>)
+#pragma omp simd simdlen(kLanes<T>)
             for (int64_t c = 0; c < nj; ++c) drow[c] += e[c] * (xw + yw[c]);
           } else {
-#pragma omp simd simdlen(kLanes <T>)
+#pragma omp simd simdlen(kLanes<T>)
             for (int64_t c = 0; c < nj; ++c) drow[c] += e[c] * xw;
           }
         }
@@ -380,7 +439,9 @@ void solve_implicit(const SinkPlan& p, const Side<T>& rows, const Side<T>& cols,
   double worst = 0;
   for (int64_t bh = 0; bh < p.BH; ++bh)
     if (bnorm[size_t(bh)] > 0) worst = std::max(worst, rnorm[size_t(bh)] / bnorm[size_t(bh)]);
-  g_stats = {it, worst, !(worst > opts.tol)};
+  g_stats.cg_iterations = it;
+  g_stats.residual = worst;
+  g_stats.converged = !(worst > opts.tol);
   if (!g_stats.converged)
     std::cerr << "warning: " << kOp << ": implicit backward: conjugate gradients stopped after " << it
               << " iterations (max_cg_iter " << opts.max_cg_iter << ") at relative residual " << worst << " > tol "
@@ -424,6 +485,7 @@ Grads backward_kernel(const SinkPlan& p, const SinkhornOptions& opts, const Oper
   T* wf = wf_t.data<T>();
   T* wg = wg_t.data<T>();
   std::vector<Term<T>> terms;
+  g_stats = {};
   if (opts.backward == SinkhornBackward::implicit) {
     std::vector<double> alpha, beta;
     solve_implicit(p, rows, cols, fT, gT, sv.rows.to_vector<double>(), csum, fbar, gbar, opts, alpha, beta);
@@ -460,10 +522,14 @@ Grads backward_kernel(const SinkPlan& p, const SinkhornOptions& opts, const Oper
     for (int64_t l = 1; l < L; ++l)
       terms.push_back({l % 2 ? wf + l * nq : nullptr, l % 2 ? nullptr : wg + l * nk, fs + l * nq, gs + l * nk});
   }
-  grad_pass(p, rows, terms, go, v, data_or_null<T>(vt), gr.dq.data<T>());
   std::vector<Term<T>> transposed;
   for (const Term<T>& tm : terms) transposed.push_back({tm.yw, tm.xw, tm.yb, tm.xb});
-  grad_pass(p, cols, transposed, v, go, data_or_null<T>(got), gr.dk.data<T>());
+  const bool factored = low_rank_ok(p, terms);
+  g_stats.low_rank = factored;
+  const LowRank<T> lr_rows = factored ? low_rank(p, rows, terms) : LowRank<T>{};
+  const LowRank<T> lr_cols = factored ? low_rank(p, cols, transposed) : LowRank<T>{};
+  grad_pass(p, rows, terms, factored ? &lr_rows : nullptr, go, v, data_or_null<T>(vt), gr.dq.data<T>());
+  grad_pass(p, cols, transposed, factored ? &lr_cols : nullptr, v, go, data_or_null<T>(got), gr.dk.data<T>());
   return gr;
 }
 
@@ -605,6 +671,7 @@ const OpDef kSinkformer(
 
 namespace sinkformer {
 BackwardStats last_backward_stats() { return g_stats; }
+void set_low_rank_limit(double limit) { g_low_rank_limit = limit; }
 }  // namespace sinkformer
 
 Tensor sinkformer_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,

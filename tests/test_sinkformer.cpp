@@ -16,6 +16,7 @@
 #include "core/cpu/loops.h"
 #include "core/rng.h"
 #include "support.h"
+#include "tests/attention_support.h"
 
 using namespace attnlab;
 using attnlab::testing::contains;
@@ -23,39 +24,11 @@ using attnlab::testing::message_of;
 
 namespace {
 
-struct Result {
-  Tensor out, dq, dk, dv;
-};
-
-using AttnFn = std::function<Tensor(const Tensor&, const Tensor&, const Tensor&)>;
-
-Result run(const AttnFn& f, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g) {
-  Tensor lq = q.detach().clone().set_requires_grad(true);
-  Tensor lk = k.detach().clone().set_requires_grad(true);
-  Tensor lv = v.detach().clone().set_requires_grad(true);
-  Tensor out = f(lq, lk, lv);
-  out.backward(g);
-  return {out.detach(), lq.grad(), lk.grad(), lv.grad()};
-}
-
-void require_finite(const Tensor& t) {
-  for (double x : t.to(DType::f64).to_vector<double>()) REQUIRE(std::isfinite(x));
-}
-
-void check_close(const Result& a, const Result& b, double rtol, double atol) {
-  CHECK(allclose(a.out, b.out, rtol, atol));
-  CHECK(allclose(a.dq, b.dq, rtol, atol));
-  CHECK(allclose(a.dk, b.dk, rtol, atol));
-  CHECK(allclose(a.dv, b.dv, rtol, atol));
-  for (const Tensor& t : {a.out, a.dq, a.dk, a.dv}) require_finite(t);
-}
-
-struct TileGuard {
-  explicit TileGuard(const flash::Tiles& t) { flash::set_tiles(t); }
-  ~TileGuard() { flash::set_tiles({}); }
-  TileGuard(const TileGuard&) = delete;
-  TileGuard& operator=(const TileGuard&) = delete;
-};
+using testing::check_close;
+using testing::require_finite;
+using testing::Result;
+using testing::run;
+using testing::TileGuard;
 
 struct ThreadCount {
   int saved = omp_get_max_threads();
@@ -95,29 +68,33 @@ TEST_CASE("sinkformer: fused == composite (output, dQ, dK, dV), unrolled, f64 an
       {1, 1, 1, 9, 3, 3, false, {}},                  // one query
   };
   uint64_t seed = 10;
-  for (DType dt : {DType::f64, DType::f32})
-    for (const Case& c : cases) {
-      CAPTURE(c.Tq);
-      CAPTURE(c.Tk);
-      CAPTURE(c.iterations);
-      CAPTURE(c.padding);
-      INFO("dtype ", dtype_name(dt));
-      Generator g(seed++);
-      Tensor q = randn({c.B, c.H, c.Tq, c.dh}, dt, &g), k = randn({c.B, c.H, c.Tk, c.dh}, dt, &g),
-             v = randn({c.B, c.H, c.Tk, c.dh}, dt, &g), go = randn({c.B, c.H, c.Tq, c.dh}, dt, &g);
-      AttentionMask m;
-      if (c.padding) m.key_padding = random_padding(g, c.B, c.Tk, 0.3);
-      const double scale = 1.0 / std::sqrt(double(c.dh));
-      TileGuard tg(c.tiles);
-      Result ref = run(
-          [&](auto& a, auto& b, auto& d) { return sinkformer_attention_composite(a, b, d, m, scale, c.iterations); }, q,
-          k, v, go);
-      Result fused =
-          run([&](auto& a, auto& b, auto& d) { return sinkformer_attention(a, b, d, m, scale, opts(c.iterations)); }, q,
-              k, v, go);
-      if (dt == DType::f64) check_close(fused, ref, 1e-9, 1e-11);
-      else check_close(fused, ref, 1e-3, 1e-4);
-    }
+  for (double limit : {-1.0, 0.0})  // the low-rank gradient passes (default), one exponential per step
+    for (DType dt : {DType::f64, DType::f32})
+      for (const Case& c : cases) {
+        CAPTURE(c.Tq);
+        CAPTURE(c.Tk);
+        CAPTURE(c.iterations);
+        CAPTURE(c.padding);
+        INFO("dtype ", dtype_name(dt));
+        Generator g(seed++);
+        Tensor q = randn({c.B, c.H, c.Tq, c.dh}, dt, &g), k = randn({c.B, c.H, c.Tk, c.dh}, dt, &g),
+               v = randn({c.B, c.H, c.Tk, c.dh}, dt, &g), go = randn({c.B, c.H, c.Tq, c.dh}, dt, &g);
+        AttentionMask m;
+        if (c.padding) m.key_padding = random_padding(g, c.B, c.Tk, 0.3);
+        const double scale = 1.0 / std::sqrt(double(c.dh));
+        TileGuard tg(c.tiles);
+        sinkformer::set_low_rank_limit(limit);
+        Result ref = run(
+            [&](auto& a, auto& b, auto& d) { return sinkformer_attention_composite(a, b, d, m, scale, c.iterations); },
+            q, k, v, go);
+        Result fused =
+            run([&](auto& a, auto& b, auto& d) { return sinkformer_attention(a, b, d, m, scale, opts(c.iterations)); },
+                q, k, v, go);
+        if (dt == DType::f64) check_close(fused, ref, 1e-9, 1e-11);
+        else check_close(fused, ref, 1e-3, 1e-4);
+        CHECK(sinkformer::last_backward_stats().low_rank == (limit < 0 && c.iterations > 1));
+        sinkformer::set_low_rank_limit(-1);
+      }
 }
 
 TEST_CASE("sinkformer: multi-threaded runs are bitwise equal to single-threaded ones (both backward modes)") {
