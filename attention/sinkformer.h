@@ -90,7 +90,8 @@ class SinkformerAttention : public AttentionMethod {
 
 // Config: {"type": "sinkformer", "iterations": 3 (normalisations, 1..1000), "backward": "unrolled" |
 //          "implicit", "tol": 1e-6, "max_cg_iter": 200, "scale": optional (default 1/sqrt(head_dim)),
-//          "impl": "fused" (default) | "composite"}.
+//          "impl": "fused" (default) | "composite"}. "backward", "tol" and "max_cg_iter" are the fused op's;
+//          the composite's gradient is autograd through its ops, i.e. the unrolled one.
 // Internals (record_internals): "attn" the weights, "f" / "g" the potentials, "row_err" / "col_err"
 // [iterations, B, H]: after each normalisation, the mean |row sum − 1| and |column sum − n_rows/n_cols|.
 AttentionBuilder parse_sinkformer_attention(ConfigSection& cfg);
