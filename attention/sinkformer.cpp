@@ -150,8 +150,8 @@ void record_marginal_errors(AttentionMethod& m, const Tensor& q, const Tensor& k
   if (iterations == 1) softmax_attention_composite(qd, kd, kd, mask, scale, &w);
   else w = composite_weights(qd, kd, mask, scale, iterations, [&](const Tensor& L) { errors(exp(L)); });
   errors(w);
-  m.internals["row_err"] = from_vector(row_err, {iterations, B, H}, DType::f64);
-  m.internals["col_err"] = from_vector(col_err, {iterations, B, H}, DType::f64);
+  m.internals["row_err"] = from_vector(row_err, {iterations, B, H}, q.dtype());
+  m.internals["col_err"] = from_vector(col_err, {iterations, B, H}, q.dtype());
 }
 }  // namespace
 
