@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "attention/flash.h"
+#include "core/rng.h"
 #include "core/tensor.h"
 
 namespace attnlab::testing {
@@ -38,6 +39,24 @@ inline void check_close(const Result& a, const Result& b, double rtol, double at
   CHECK(allclose(a.dk, b.dk, rtol, atol));
   CHECK(allclose(a.dv, b.dv, rtol, atol));
   for (const Tensor& t : {a.out, a.dq, a.dk, a.dv}) require_finite(t);
+}
+
+// A random problem: q [B, H, Tq, dh], k and v [B, H, Tk, dh], and an upstream gradient like q.
+struct Problem {
+  Tensor q, k, v, go;
+};
+inline Problem random_problem(Generator& g, int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t dh, DType dt) {
+  Problem p;
+  p.q = randn({B, H, Tq, dh}, dt, &g);
+  p.k = randn({B, H, Tk, dh}, dt, &g);
+  p.v = randn({B, H, Tk, dh}, dt, &g);
+  p.go = randn({B, H, Tq, dh}, dt, &g);
+  return p;
+}
+
+// b8 [B, T], each key padded with probability p.
+inline Tensor random_padding(Generator& g, int64_t B, int64_t T, double p) {
+  return lt(rand({B, T}, DType::f64, &g), scalar_tensor(p, DType::f64));
 }
 
 // Forces tile sizes (0: default) for one scope, to put tile edges inside small inputs.

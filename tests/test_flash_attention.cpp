@@ -23,11 +23,8 @@ namespace {
 using testing::check_close;
 using testing::Result;
 using testing::run;
+using testing::random_padding;
 using testing::TileGuard;
-
-Tensor random_padding(Generator& g, int64_t B, int64_t T, double p) {
-  return lt(rand({B, T}, DType::f64, &g), scalar_tensor(p, DType::f64));
-}
 
 // A [B, H, T, dh] view with the strides MultiHeadAttention hands over: a slice of [B, T, 3, H, dh].
 Tensor qkv_like(Generator& g, int64_t B, int64_t H, int64_t T, int64_t dh, DType t, int which) {
@@ -62,8 +59,7 @@ void check_against_composite(const std::vector<Case>& cases, uint64_t seed) {
       CAPTURE(c.padding);
       INFO("dtype ", dtype_name(dt));
       Generator g(seed++);
-      Tensor q = randn({c.B, c.H, c.Tq, c.dh}, dt, &g), k = randn({c.B, c.H, c.Tk, c.dh}, dt, &g),
-             v = randn({c.B, c.H, c.Tk, c.dh}, dt, &g), go = randn({c.B, c.H, c.Tq, c.dh}, dt, &g);
+      const auto [q, k, v, go] = testing::random_problem(g, c.B, c.H, c.Tq, c.Tk, c.dh, dt);
       AttentionMask m;
       m.causal = c.causal;
       if (c.padding) m.key_padding = random_padding(g, c.B, c.Tk, 0.3);

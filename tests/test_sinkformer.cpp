@@ -28,6 +28,7 @@ using testing::check_close;
 using testing::require_finite;
 using testing::Result;
 using testing::run;
+using testing::random_padding;
 using testing::TileGuard;
 
 struct ThreadCount {
@@ -37,10 +38,6 @@ struct ThreadCount {
 };
 
 Tensor padding(const std::vector<double>& v, int64_t B, int64_t T) { return from_vector(v, {B, T}, DType::b8); }
-
-Tensor random_padding(Generator& g, int64_t B, int64_t T, double p) {
-  return lt(rand({B, T}, DType::f64, &g), scalar_tensor(p, DType::f64));
-}
 
 SinkhornOptions opts(int64_t iterations, SinkhornBackward bw = SinkhornBackward::unrolled) {
   SinkhornOptions o;
@@ -77,8 +74,7 @@ TEST_CASE("sinkformer: fused == composite (output, dQ, dK, dV), unrolled, f64 an
         CAPTURE(c.padding);
         INFO("dtype ", dtype_name(dt));
         Generator g(seed++);
-        Tensor q = randn({c.B, c.H, c.Tq, c.dh}, dt, &g), k = randn({c.B, c.H, c.Tk, c.dh}, dt, &g),
-               v = randn({c.B, c.H, c.Tk, c.dh}, dt, &g), go = randn({c.B, c.H, c.Tq, c.dh}, dt, &g);
+        const auto [q, k, v, go] = testing::random_problem(g, c.B, c.H, c.Tq, c.Tk, c.dh, dt);
         AttentionMask m;
         if (c.padding) m.key_padding = random_padding(g, c.B, c.Tk, 0.3);
         const double scale = 1.0 / std::sqrt(double(c.dh));
