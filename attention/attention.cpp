@@ -5,6 +5,7 @@
 
 #include "attention/entmax_attention.h"
 #include "attention/local.h"
+#include "attention/sinkformer.h"
 #include "attention/softmax.h"
 
 namespace attnlab {
@@ -15,7 +16,8 @@ namespace {
 std::map<std::string, AttentionParser>& parsers() {
   static std::map<std::string, AttentionParser> p = {{"softmax", parse_softmax_attention},
                                                      {"local", parse_local_attention},
-                                                     {"entmax", parse_entmax_attention}};
+                                                     {"entmax", parse_entmax_attention},
+                                                     {"sinkformer", parse_sinkformer_attention}};
   return p;
 }
 }  // namespace

@@ -44,7 +44,7 @@ inline double parallel_work() { return 32.0 * double(cpu::parallel_grain()); }
 
 // Elements per 512-bit vector: row loops ask for full-width vectors (GCC prefers 256 bits by default).
 template <class T>
-constexpr int kLanes = 64 / int(sizeof(T));
+inline constexpr int kLanes = 64 / int(sizeof(T));
 
 // ---- plan: shapes, segments, masks -------------------------------------------------------------
 
@@ -150,7 +150,7 @@ struct Mat {
 
 // True where tile_gemm runs the AVX-512 kernel (f32), which reads B's rows with unit stride.
 template <class T>
-constexpr bool kRegisterKernel = ATTNLAB_FLASH_AVX512&& std::is_same_v<T, float>;
+inline constexpr bool kRegisterKernel = ATTNLAB_FLASH_AVX512&& std::is_same_v<T, float>;
 
 #if ATTNLAB_FLASH_AVX512
 // Full masks for the zero-masked forms of shuffles, max, roundscale and scalef: the same instructions,

@@ -333,13 +333,15 @@ TEST_CASE("audit passes on every registered attention type, causal or not, padde
   for (const std::string& type : attention_types()) {
     for (const char* impl : {"fused", "composite"}) {
       json att = {{"type", type}};
-      if (type == "softmax" || type == "local") att["impl"] = impl;
+      if (type == "softmax" || type == "local" || type == "sinkformer") att["impl"] = impl;
       else if (std::string(impl) == "composite") continue;
       if (type == "local") att["block"] = 2;
       for (bool causal : {false, true})
         for (bool padding : {false, true})
           for (const char* layer : {"attention", "mha"}) {
-            json cfg = {{"layer", layer}, {"attention", att}, {"causal", causal}, {"padding", padding}, {"seq_len", 6}};
+            json a = att;
+            if (type == "sinkformer" && causal) a["iterations"] = 1;  // causal Sinkformer: softmax only
+            json cfg = {{"layer", layer}, {"attention", a}, {"causal", causal}, {"padding", padding}, {"seq_len", 6}};
             INFO(cfg.dump());
             AuditReport rep = audit_spec(cfg);
             INFO(rep.text());

@@ -14,48 +14,17 @@
 #include "autograd/registry.h"
 #include "core/rng.h"
 #include "layers/transformer.h"
+#include "tests/attention_support.h"
 
 using namespace attnlab;
 
 namespace {
 
-struct Result {
-  Tensor out, dq, dk, dv;
-};
-
-using AttnFn = std::function<Tensor(const Tensor&, const Tensor&, const Tensor&)>;
-
-// Output and input gradients for upstream gradient g, from fresh leaves (copies of q, k, v).
-Result run(const AttnFn& f, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g) {
-  Tensor lq = q.detach().clone().set_requires_grad(true);
-  Tensor lk = k.detach().clone().set_requires_grad(true);
-  Tensor lv = v.detach().clone().set_requires_grad(true);
-  Tensor out = f(lq, lk, lv);
-  out.backward(g);
-  return {out.detach(), lq.grad(), lk.grad(), lv.grad()};
-}
-
-void check_close(const Result& a, const Result& b, double rtol, double atol) {
-  CHECK(a.out.shape() == b.out.shape());
-  CHECK(allclose(a.out, b.out, rtol, atol));
-  CHECK(allclose(a.dq, b.dq, rtol, atol));
-  CHECK(allclose(a.dk, b.dk, rtol, atol));
-  CHECK(allclose(a.dv, b.dv, rtol, atol));
-  for (const Tensor& t : {a.out, a.dq, a.dk, a.dv})
-    for (double x : t.to(DType::f64).to_vector<double>()) REQUIRE(std::isfinite(x));
-}
-
-// Forces tile sizes (0: default) for one scope, to put tile edges inside small inputs.
-struct TileGuard {
-  explicit TileGuard(const flash::Tiles& t) { flash::set_tiles(t); }
-  ~TileGuard() { flash::set_tiles({}); }
-  TileGuard(const TileGuard&) = delete;
-  TileGuard& operator=(const TileGuard&) = delete;
-};
-
-Tensor random_padding(Generator& g, int64_t B, int64_t T, double p) {
-  return lt(rand({B, T}, DType::f64, &g), scalar_tensor(p, DType::f64));
-}
+using testing::check_close;
+using testing::Result;
+using testing::run;
+using testing::random_padding;
+using testing::TileGuard;
 
 // A [B, H, T, dh] view with the strides MultiHeadAttention hands over: a slice of [B, T, 3, H, dh].
 Tensor qkv_like(Generator& g, int64_t B, int64_t H, int64_t T, int64_t dh, DType t, int which) {
@@ -90,8 +59,7 @@ void check_against_composite(const std::vector<Case>& cases, uint64_t seed) {
       CAPTURE(c.padding);
       INFO("dtype ", dtype_name(dt));
       Generator g(seed++);
-      Tensor q = randn({c.B, c.H, c.Tq, c.dh}, dt, &g), k = randn({c.B, c.H, c.Tk, c.dh}, dt, &g),
-             v = randn({c.B, c.H, c.Tk, c.dh}, dt, &g), go = randn({c.B, c.H, c.Tq, c.dh}, dt, &g);
+      const auto [q, k, v, go] = testing::random_problem(g, c.B, c.H, c.Tq, c.Tk, c.dh, dt);
       AttentionMask m;
       m.causal = c.causal;
       if (c.padding) m.key_padding = random_padding(g, c.B, c.Tk, 0.3);

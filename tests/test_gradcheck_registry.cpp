@@ -69,6 +69,7 @@ const std::map<std::string, size_t> kPinnedOps = {
     {"rsqrt", 3},
     {"scatter_add", 1},
     {"sigmoid", 3},
+    {"sinkformer_attention", 6},
     {"slice", 3},
     {"softmax", 2},
     {"sparsemax", 4},

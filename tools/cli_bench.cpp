@@ -28,6 +28,7 @@
 #include "attention/entmax_attention.h"
 #include "attention/flash.h"
 #include "attention/local.h"
+#include "attention/sinkformer.h"
 #include "autograd/grad_mode.h"
 #include "core/allocator.h"
 #include "core/cpu/blas.h"
@@ -50,8 +51,9 @@ struct Options {
   int64_t reps = -1, warmup = -1;     // -1: default for the mode
   double min_time_ms = -1;
   bool quick = false;
-  int64_t threads = 0;  // 0: leave OpenMP / OpenBLAS defaults
-  int64_t max_n = 0;    // attention: largest sequence length (0: the section's default)
+  int64_t threads = 0;      // 0: leave OpenMP / OpenBLAS defaults
+  int64_t max_n = 0;        // attention, entmax, sinkformer: largest sequence length (0: the section's default)
+  int64_t torch_max_n = 0;  // sinkformer: largest n run in PyTorch (0: 2048)
   std::string json_path;
 };
 
@@ -467,6 +469,13 @@ double median_call_ms(const std::function<void()>& fn, double min_ms) {
   return bench::median(ts);
 }
 
+// Wall time of one call of fn.
+double timed_ms(const std::function<void()>& fn) {
+  const double t0 = bench::now_ms();
+  fn();
+  return bench::now_ms() - t0;
+}
+
 // Peak bytes the caching allocator held during one call of fn, above what was in use before it.
 double peak_extra_mib(const std::function<void()>& fn) {
   const size_t before = cpu_allocator::stats().bytes_in_use;
@@ -599,6 +608,151 @@ void section_attention(Context& ctx) {
     }
   }
   ctx.results["attention"] = rows;
+}
+
+// ---- sinkformer: streaming Sinkhorn attention against PyTorch's unrolled autograd -----------------
+
+// q, k, v [1, 8, n, 64] f32, 8 Sinkhorn iterations as attn_bench.py counts them: a row normalisation,
+// then 8 (column, row) pairs = 17 normalisations. PyTorch keeps ~2 n×n tensors per normalisation for
+// its autograd (10.8 GiB and ~70 s per call at 4K), so it runs up to --torch-max-n (default 2048).
+// "x softmax" = fwd+bwd time over attnlab's fused softmax (flash_attention) at the same n: each
+// normalisation is one streaming pass over S, so about the number of passes is the floor.
+void section_sinkformer(Context& ctx) {
+  const int64_t B = 1, H = 8, d = 64, sinkhorn_iters = 8, normalisations = 2 * sinkhorn_iters + 1;
+  std::vector<int64_t> sizes;
+  for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{256, 512} : std::vector<int64_t>{1024, 2048, 4096, 8192, 16384})
+    if (n <= (ctx.opt.max_n ? ctx.opt.max_n : 16384)) sizes.push_back(n);
+  const int64_t torch_max_n = ctx.opt.torch_max_n ? ctx.opt.torch_max_n : (ctx.opt.quick ? 512 : 2048);
+  const double min_ms = ctx.opt.quick ? 100 : 1000;
+  const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
+  std::printf(
+      "\n== sinkformer: q, k, v [%lld, %lld, n, %lld] f32, %lld Sinkhorn iterations (%lld normalisations); "
+      "attnlab fused vs PyTorch unrolled autograd (attn_bench.py sinkformer, %d threads, n <= %lld)\n"
+      "   ratio = PyTorch / attnlab fwd+bwd; x softmax = attnlab fwd+bwd / attnlab fused softmax fwd+bwd; "
+      "peak = extra memory beyond inputs, outputs, gradients;\n   target: >= 10x PyTorch and <= 64 MiB extra at 2K\n\n",
+      (long long)B, (long long)H, (long long)d, (long long)sinkhorn_iters, (long long)normalisations, threads,
+      (long long)torch_max_n);
+  bench::Table table({{"backward", 9, true},
+                      {"n", 6},
+                      {"fwd ms", 9},
+                      {"f+b ms", 9},
+                      {"torch f+b", 9},
+                      {"ratio", 6},
+                      {"softmax f+b", 11},
+                      {"x softmax", 9},
+                      {"target", 6},
+                      {"peak MiB f/f+b", 14},
+                      {"torch MiB", 9},
+                      {"CG it", 5},
+                      {"max|diff|", 9}});
+  table.header();
+  json rows = json::array();
+  std::string why_missing;
+  bool torch_ok = true;
+  for (int64_t n : sizes) {
+    Generator gen(ctx.seed, 1900 + uint64_t(n));
+    Tensor q = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor k = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor v = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor g = randn({B, H, n, d}, DType::f32, &gen);
+    const double scale = 1.0 / std::sqrt(double(d));
+    auto fwdbwd_of = [&](const std::function<Tensor()>& attend) {
+      return [&, attend] {
+        q.zero_grad();
+        k.zero_grad();
+        v.zero_grad();
+        attend().backward(g);
+      };
+    };
+    // Calls take seconds at 8K+: there the first call of each kind is the warm-up, the peak-memory
+    // measurement and the timing. Where PyTorch runs, rounds alternate attnlab and PyTorch and the
+    // ratio is the median of the paired ones (the host is shared and noisy).
+    const bool long_calls = n >= 8192, with_torch = torch_ok && n <= torch_max_n;
+    const int rounds = with_torch && !ctx.opt.quick ? 2 : 1;
+    struct Variant {
+      const char* name;
+      SinkhornOptions o;
+      std::function<Tensor()> attend;
+      double peak_f = 0, peak_fb = 0, af = 0;
+      int64_t cg = 0;
+      std::string diff = "-";
+      std::vector<double> afb, ratio;
+    };
+    std::vector<Variant> variants;
+    for (SinkhornBackward bw : {SinkhornBackward::unrolled, SinkhornBackward::implicit}) {
+      Variant va;
+      va.name = bw == SinkhornBackward::unrolled ? "unrolled" : "implicit";
+      va.o.iterations = normalisations;
+      va.o.backward = bw;
+      va.o.tol = 1e-4;  // f32: the products' rounding sets the floor
+      va.o.max_cg_iter = 100;
+      variants.push_back(va);
+    }
+    std::vector<double> softmax_fb, t_fb;
+    double t_peak = NAN;
+    fwdbwd_of([&] { return flash_attention(q, k, v, {}, scale); })();  // the gradients exist before any peak
+    for (Variant& va : variants) {
+      va.attend = [&, o = va.o] { return sinkformer_attention(q, k, v, {}, scale, o); };
+      auto fwd = [&] {
+        NoGradGuard ng;
+        Tensor out = va.attend();
+      };
+      if (n <= 1024) {
+        NoGradGuard ng;
+        Tensor ref = sinkformer_attention_composite(q, k, v, {}, scale, normalisations);
+        Tensor ours = va.attend().detach();
+        va.diff = fmt("%.1e", bench::max_abs_diff(ours.contiguous().data<float>(), ref.contiguous().data<float>(),
+                                                  ours.numel()));
+      }
+      const double first_f = timed_ms([&] { va.peak_f = peak_extra_mib(fwd); });
+      const double first_fb = timed_ms([&] { va.peak_fb = peak_extra_mib(fwdbwd_of(va.attend)); });
+      va.cg = va.o.backward == SinkhornBackward::implicit ? sinkformer::last_backward_stats().cg_iterations : 0;
+      va.af = long_calls ? first_f : median_call_ms(fwd, min_ms);
+      if (long_calls) va.afb.push_back(first_fb);
+    }
+    for (int r = 0; r < rounds; ++r) {
+      softmax_fb.push_back(median_call_ms(fwdbwd_of([&] { return flash_attention(q, k, v, {}, scale); }),
+                                          long_calls ? 0 : min_ms));
+      if (!long_calls)
+        for (Variant& va : variants) va.afb.push_back(median_call_ms(fwdbwd_of(va.attend), min_ms));
+      if (!with_torch || !torch_ok) continue;
+      char args[160];
+      std::snprintf(args, sizeof args, "sinkformer %lld --b %lld --h %lld --d %lld --iters %lld --threads %d",
+                    (long long)n, (long long)B, (long long)H, (long long)d, (long long)sinkhorn_iters, threads);
+      if (auto j = run_pytorch_baseline("attn_bench.py", args, &why_missing)) {
+        t_fb.push_back((*j)["fwdbwd_ms"].get<double>());
+        t_peak = (*j)["peak_fwdbwd_MiB"].get<double>();
+        for (Variant& va : variants) va.ratio.push_back(t_fb.back() / va.afb.back());
+      } else {
+        torch_ok = false;
+        std::printf("   (PyTorch column empty: %s)\n", why_missing.c_str());
+      }
+    }
+    const double smfb = bench::median(softmax_fb), tfb = t_fb.empty() ? NAN : bench::median(t_fb);
+    for (const Variant& va : variants) {
+      const double afb = bench::median(va.afb), ratio = va.ratio.empty() ? NAN : bench::median(va.ratio);
+      const char* verdict = n != 2048 || std::isnan(ratio) ? "-" : (ratio >= 10 && va.peak_fb <= 64 ? "ok" : "LOW");
+      table.row({va.name, std::to_string(n), fmt("%.1f", va.af), fmt("%.1f", afb), fmt("%.0f", tfb),
+                 fmt("%.1f", ratio), fmt("%.1f", smfb), fmt("%.1f", afb / smfb), verdict,
+                 fmt("%.1f/%.1f", va.peak_f, va.peak_fb), fmt("%.0f", t_peak),
+                 va.o.backward == SinkhornBackward::implicit ? std::to_string(va.cg) : "-", va.diff});
+      rows.push_back({{"backward", va.name},
+                      {"n", n},
+                      {"normalisations", normalisations},
+                      {"attnlab_fwd_ms", va.af},
+                      {"attnlab_fwdbwd_ms", va.afb},
+                      {"pytorch_fwdbwd_ms", t_fb},
+                      {"ratio_fwdbwd", std::isnan(ratio) ? json(nullptr) : json(ratio)},
+                      {"softmax_fwdbwd_ms", softmax_fb},
+                      {"over_softmax", afb / smfb},
+                      {"attnlab_peak_fwd_MiB", va.peak_f},
+                      {"attnlab_peak_fwdbwd_MiB", va.peak_fb},
+                      {"pytorch_peak_fwdbwd_MiB", std::isnan(t_peak) ? json(nullptr) : json(t_peak)},
+                      {"cg_iterations", va.cg},
+                      {"max_abs_diff_vs_composite", va.diff}});
+    }
+  }
+  ctx.results["sinkformer"] = rows;
 }
 
 // ---- entmax: sparsemax, 1.5-entmax and bisection against PyTorch ---------------------------------
@@ -860,6 +1014,8 @@ const Section kSections[] = {
      "attention fwd+bwd vs our softmax and PyTorch (attn_bench.py entmax15)",
      section_entmax},
     {"entmax-attn", "entmax attention alone (part of entmax)", entmax_attention_table},
+    {"sinkformer", "streaming Sinkhorn attention fwd+bwd, both backward modes, memory vs PyTorch (attn_bench.py)",
+     section_sinkformer},
 };
 
 std::string section_list() {
@@ -883,8 +1039,11 @@ void add_options(cli::Command& cmd, Options& o, bool& list) {
       ->type_name("MS");
   cmd.flag("--quick", o.quick, "small sizes, for a smoke run");
   cmd.integer("--max-n", o.max_n, 1, max,
-              "attention: largest sequence length (default 8192, entmax attention 16384;\n"
-              "PyTorch's vanilla attention needs ~6 GiB and ~14 s per call at 8192)");
+              "attention: largest sequence length (default 8192; entmax attention and\n"
+              "sinkformer 16384; PyTorch's vanilla attention needs ~6 GiB and ~14 s per call at 8192)");
+  cmd.integer("--torch-max-n", o.torch_max_n, 1, max,
+              "sinkformer: largest n run in PyTorch (default 2048: its unrolled autograd\n"
+              "needs 10.8 GiB and ~70 s per call at 4096)");
   cmd.integer("--threads", o.threads, 1, max, "set OpenMP and OpenBLAS thread counts (default: leave as configured)");
   cmd.text("--json", o.json_path, "also write machine-readable results to FILE")->type_name("FILE");
   cmd.flag("--list", list, "list the sections and exit");
