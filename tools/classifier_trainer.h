@@ -36,10 +36,8 @@ class ClassifierTrainer : public TrainerCore {
 
  protected:
   Tensor train_loss() override;
-  nlohmann::json data_state() const override { return {{"batcher_offset", batcher_->offset()}}; }
-  void restore_data_state(const nlohmann::json& rng) override {
-    batcher_->set_offset(rng.at("batcher_offset").get<uint64_t>());
-  }
+  uint64_t data_offset() const override { return batcher_->offset(); }
+  void set_data_offset(uint64_t offset) override { batcher_->set_offset(offset); }
   void probe_forward() override;
   int64_t items_per_step() const override { return cfg_.data.batch_size; }
   const char* item_name() const override { return "img"; }

@@ -99,7 +99,7 @@ void TrainerCore::start(Module& model, const TransformerTrunk& trunk, Generator&
     CheckpointState st = load_checkpoint(prefix, model, opt_.get());
     step_ = st.step;
     try {
-      restore_data_state(st.rng);
+      set_data_offset(st.rng.at("batcher_offset").get<uint64_t>());
       dropout.set_offset(st.rng.at("dropout_offset").get<uint64_t>());
       train_seconds_ = st.extra.value("train_seconds", 0.0);
       metrics_rows_ = st.extra.at("metrics_rows").get<int64_t>();
@@ -141,8 +141,7 @@ void TrainerCore::save() {
   st.config = cfg_.source;
   st.config["model"] = cfg_.model.to_json();
   st.step = step_;
-  st.rng = data_state();
-  st.rng["dropout_offset"] = dropout_->offset();
+  st.rng = {{"batcher_offset", data_offset()}, {"dropout_offset", dropout_->offset()}};
   st.extra = checkpoint_extra();
   st.extra["train_seconds"] = train_seconds_;
   st.extra["metrics_rows"] = metrics_rows_;

@@ -53,8 +53,9 @@ class TrainerCore {
 
   // ---- the task's hooks ----
   virtual Tensor train_loss() = 0;                // the next training batch's loss, the model in training mode
-  virtual nlohmann::json data_state() const = 0;  // the data stream's position, saved in the checkpoint's rng
-  virtual void restore_data_state(const nlohmann::json& rng) = 0;  // nlohmann exceptions: malformed
+  // The training data stream's position, saved in the checkpoint (rng.batcher_offset) for exact resume.
+  virtual uint64_t data_offset() const = 0;
+  virtual void set_data_offset(uint64_t offset) = 0;
   // A forward pass without gradients on a small fixed batch, for the attention diagnostics.
   virtual void probe_forward() = 0;
   virtual int64_t items_per_step() const = 0;
