@@ -26,9 +26,24 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& p
   }
   c.num_classes = s.integer("num_classes", c.num_classes, 0, kMaxClasses);
   if (const nlohmann::json* l = s.value("loss")) c.loss = ClassifierLoss::from_json(*l).to_json();
+  c.image_size = s.integer("image_size", c.image_size, 0, kMaxImageSize);
+  c.patch_size = s.integer("patch_size", c.image_size > 0 ? c.image_size : 0, 0, kMaxImageSize);
+  c.pooling = s.choice("pooling", c.pooling, {"mean", "cls"});
   c.seed = s.seed("seed", c.seed);
   s.finish();
   if (c.d_model % c.n_heads != 0) s.fail("n_heads", "d_model ", c.d_model, " is not divisible by n_heads ", c.n_heads);
+  if (c.image_size == 0) {
+    if (c.patch_size != 0) s.fail("patch_size", "applies to image inputs only (set image_size)");
+    if (c.pooling != "mean") s.fail("pooling", "\"cls\" needs image inputs (image_size > 0)");
+  } else {
+    if (c.num_classes == 0) s.fail("image_size", "image inputs need a classifier (num_classes > 0)");
+    if (c.patch_size < 1 || c.image_size % c.patch_size != 0)
+      s.fail("patch_size", c.patch_size, " does not divide image_size ", c.image_size);
+    const int64_t tokens = c.num_patches() + (c.pooling == "cls" ? 1 : 0);
+    if (tokens > c.max_len)
+      s.fail("max_len", c.max_len, " is less than the ", tokens, " tokens of an image (", c.num_patches(), " patches",
+             c.pooling == "cls" ? " and the class token)" : ")");
+  }
   const double bytes = 4.0 * double(c.parameter_count());
   if (bytes > double(machine_memory_bytes()))
     s.fail_section("the model has ", c.parameter_count(), " parameters, ", format_bytes(bytes),
@@ -41,7 +56,8 @@ int64_t ModelConfig::parameter_count() const {
   const int64_t D = d_model, layer_norm = 2 * D;
   const int64_t block =
       layer_norm + (3 * D * D + 3 * D) + (D * D + D) + layer_norm + (D * d_ff + d_ff) + (d_ff * D + D);
-  const int64_t embeddings = vocab_size * D + (positions == "learned" ? max_len * D : 0);
+  const int64_t inputs = image_size > 0 ? patch_size * patch_size * D + D + (pooling == "cls" ? D : 0) : vocab_size * D;
+  const int64_t embeddings = inputs + (positions == "learned" ? max_len * D : 0);
   const int64_t head = num_classes > 0 ? D * num_classes + num_classes : D * vocab_size;
   return embeddings + n_layers * block + layer_norm + head;
 }
@@ -53,6 +69,11 @@ nlohmann::json ModelConfig::to_json() const {
                       {"attention", attention},   {"seed", seed}};
   if (num_classes > 0) j["num_classes"] = num_classes;
   if (loss != "cross_entropy") j["loss"] = loss;
+  if (image_size > 0) {
+    j["image_size"] = image_size;
+    j["patch_size"] = patch_size;
+    j["pooling"] = pooling;
+  }
   return j;
 }
 
@@ -103,7 +124,8 @@ Tensor TransformerBlock::forward(const Tensor& x, const AttentionMask& mask) con
 
 TransformerTrunk::TransformerTrunk(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t)
     : max_len_(c.max_len) {
-  tok = register_module("tok", std::make_shared<Embedding>(c.vocab_size, c.d_model, init_gen, t));
+  if (c.image_size == 0)
+    tok = register_module("tok", std::make_shared<Embedding>(c.vocab_size, c.d_model, init_gen, t));
   if (c.positions == "learned") pos = register_module("pos", std::make_shared<Embedding>(c.max_len, c.d_model, init_gen, t));
   else sinusoid_ = sinusoidal_positions(c.max_len, c.d_model, t);
   drop = register_module("drop", std::make_shared<Dropout>(c.dropout, gen));
@@ -116,9 +138,16 @@ Tensor TransformerTrunk::forward(const Tensor& ids, const AttentionMask& mask) c
   ModuleScope scope(path());
   if (ids.dim() != 2 || ids.dtype() != DType::i64)
     fail<ShapeError>("TransformerTrunk", "ids must be i64 [B, T], got ", describe(ids));
-  const int64_t T = ids.size(1);
+  if (!tok) fail<ValueError>("TransformerTrunk", "this trunk reads embedded inputs (an image model), not token ids");
+  return encode(tok->forward(ids), mask);
+}
+
+Tensor TransformerTrunk::encode(const Tensor& x_in, const AttentionMask& mask) const {
+  ModuleScope scope(path());
+  if (x_in.dim() != 3) fail<ShapeError>("TransformerTrunk", "embedded inputs must be [B, T, D], got ", describe(x_in));
+  const int64_t T = x_in.size(1);
   if (T > max_len_) fail<ShapeError>("TransformerTrunk", "sequence length ", T, " exceeds max_len ", max_len_);
-  Tensor x = tok->forward(ids);
+  Tensor x = x_in;
   if (pos) x = add(x, pos->forward(arange(T)));
   else x = add(x, sinusoid_.narrow(0, 0, T).to(x.dtype()));
   x = drop->forward(x);
@@ -154,15 +183,44 @@ SequenceClassifier::SequenceClassifier(const ModelConfig& c, DType t)
   Generator init_gen(c.seed, 0);
   trunk = register_module("trunk", std::make_shared<TransformerTrunk>(c, gen_, init_gen, t));
   head = register_module("head", std::make_shared<Linear>(c.d_model, c.num_classes, true, init_gen, t));
+  if (c.image_size > 0)
+    patch_embed = register_module("patch_embed",
+                                  std::make_shared<Linear>(c.patch_size * c.patch_size, c.d_model, true, init_gen, t));
+  if (c.pooling == "cls") cls = register_module("cls", std::make_shared<Embedding>(1, c.d_model, init_gen, t));
+}
+
+Tensor SequenceClassifier::patches(const Tensor& images) const {
+  const int64_t S = cfg_.image_size, p = cfg_.patch_size, n = S / p;
+  if (S == 0) fail<ValueError>("SequenceClassifier::patches", "the model takes token ids, not images");
+  if (!is_floating(images.dtype()) || images.dim() < 2 || images.dim() > 3 || images.numel() % (S * S) != 0 ||
+      images.size(-1) != (images.dim() == 2 ? S * S : S))
+    fail<ShapeError>("SequenceClassifier::patches", "images must be floating [B, ", S * S, "] or [B, ", S, ", ", S,
+                     "], got ", describe(images));
+  const int64_t B = images.size(0);
+  // [B, n, p, n, p] -> [B, n, n, p, p]: patch (i, j) holds rows i·p.. and columns j·p.. of the image.
+  return images.reshape({B, n, p, n, p}).permute({0, 1, 3, 2, 4}).reshape({B, n * n, p * p});
 }
 
 Tensor SequenceClassifier::forward(const Tensor& ids, const Tensor& key_padding) const {
   ModuleScope scope(path());
   AttentionMask mask;
   mask.key_padding = key_padding;
-  Tensor h = trunk->forward(ids, mask);  // [B, T, D]
+  Tensor h;
+  if (cfg_.image_size > 0) {
+    if (key_padding.defined()) fail<ValueError>("SequenceClassifier", "image inputs take no key padding");
+    Tensor x = patch_embed->forward(patches(ids));  // [B, N, D]
+    if (cls) {
+      const int64_t B = x.size(0), D = x.size(2);
+      x = concat({cls->weight.reshape({1, 1, D}).expand({B, 1, D}), x}, 1);
+    }
+    h = trunk->encode(x, mask);
+  } else {
+    h = trunk->forward(ids, mask);  // [B, T, D]
+  }
   Tensor pooled;
-  if (key_padding.defined()) {
+  if (cls) {
+    pooled = h.select(1, 0);
+  } else if (key_padding.defined()) {
     Tensor keep = logical_not(key_padding).to(h.dtype()).unsqueeze(-1);  // [B, T, 1]
     Tensor count = clamp(sum(keep, 1), 1.0, 1e30);                      // [B, 1]
     pooled = div(sum(mul(h, keep), 1), count);

@@ -18,6 +18,7 @@ inline constexpr int64_t kMaxHeads = 1024;
 inline constexpr int64_t kMaxDff = int64_t(1) << 20;
 inline constexpr int64_t kMaxLen = int64_t(1) << 20;
 inline constexpr int64_t kMaxClasses = int64_t(1) << 20;
+inline constexpr int64_t kMaxImageSize = 4096;
 
 struct ModelConfig {
   int64_t vocab_size = 256;
@@ -33,7 +34,16 @@ struct ModelConfig {
   int64_t num_classes = 0;  // > 0 for the sequence classifier
   // The classifier's loss: "cross_entropy", "sparsemax", "entmax15" or {"type": "entmax_bisect", "alpha": α}.
   nlohmann::json loss = "cross_entropy";
+  // A ViT when image_size > 0: the classifier reads square images [B, image_size²] (row-major pixels),
+  // cut into patch_size × patch_size patches, each a token through a linear patch embedding; no token
+  // embedding then (vocab_size is unused). pooling: "mean" over the tokens, or "cls", a learned class
+  // token prepended to them whose output the head reads (max_len must cover the tokens).
+  int64_t image_size = 0;
+  int64_t patch_size = 0;
+  std::string pooling = "mean";
   uint64_t seed = 0;
+
+  int64_t num_patches() const { return image_size > 0 ? (image_size / patch_size) * (image_size / patch_size) : 0; }
 
   // Validates every key (unknown ones are errors), the sizes against the bounds above, and the
   // parameters' memory against this machine's; path names the section in errors.
@@ -72,7 +82,9 @@ class TransformerTrunk : public Module {
  public:
   TransformerTrunk(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t);
   Tensor forward(const Tensor& ids, const AttentionMask& mask) const;
-  std::shared_ptr<Embedding> tok;
+  // The same from embedded tokens x [B, T, D] (a ViT's patches): positions, blocks, final norm.
+  Tensor encode(const Tensor& x, const AttentionMask& mask) const;
+  std::shared_ptr<Embedding> tok;  // null for image inputs
   std::shared_ptr<Embedding> pos;  // learned positions; null for sinusoidal
   std::vector<std::shared_ptr<TransformerBlock>> blocks;
   std::shared_ptr<LayerNorm> ln_f;
@@ -98,19 +110,28 @@ class CausalLM : public Module {
   std::shared_ptr<Generator> gen_;
 };
 
-// Mean-pools the trunk's output over non-padded positions, then a linear head: ids [B, T] -> [B, C].
+// Mean-pools the trunk's output over non-padded positions (or reads the class token), then a linear
+// head: ids i64 [B, T] (or, for a ViT, images f32 [B, image_size²]) -> logits [B, C].
 class SequenceClassifier : public Module {
  public:
   explicit SequenceClassifier(const ModelConfig& c, DType t = DType::f32);
   Tensor forward(const Tensor& ids, const Tensor& key_padding = Tensor()) const;
+  // Images [B, S²] or [B, S, S] -> patch tokens [B, (S/p)², p²] (reshape and permute: no new op).
+  Tensor patches(const Tensor& images) const;
   // The configured loss (cfg.loss) of forward(ids, key_padding) against labels i64 [B], mean over
   // the labels that are not ignore_index.
   Tensor loss(const Tensor& ids, const Tensor& labels, const Tensor& key_padding = Tensor(),
               int64_t ignore_index = -100) const;
+  // The configured loss of logits [B, C] already computed.
+  Tensor loss_of_logits(const Tensor& logits, const Tensor& labels, int64_t ignore_index = -100) const {
+    return loss_(logits, labels, ignore_index);
+  }
   const ModelConfig& config() const { return cfg_; }
   Generator& dropout_generator() { return *gen_; }
   std::shared_ptr<TransformerTrunk> trunk;
   std::shared_ptr<Linear> head;
+  std::shared_ptr<Linear> patch_embed;  // ViT only
+  std::shared_ptr<Embedding> cls;       // pooling "cls" only: the class token [1, D]
 
  private:
   ModelConfig cfg_;

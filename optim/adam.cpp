@@ -44,7 +44,6 @@ void Adam::step() {
   if (t_ >= kMaxOptimizerStep) fail<ValueError>("Adam", "step count ", t_, " is at its limit 2^53");
   ++t_;
   const double b1 = options_.beta1, b2 = options_.beta2, lr = options_.lr, eps = options_.eps;
-  const double wd = options_.weight_decay;
   // t ≥ 1 and β < 1, so β^t is in [0, 1) and both corrections are in (0, 1]: never a division by 0.
   const double bc1 = 1 - std::pow(b1, double(t_)), bc2 = 1 - std::pow(b2, double(t_));
   const double step_size = lr / bc1, inv_sqrt_bc2 = 1 / std::sqrt(bc2);
@@ -64,6 +63,7 @@ void Adam::step() {
       const T* pg = gc.data<T>();
       const int64_t n = p.numel();
       const bool decoupled = options_.decoupled;
+      const double wd = decays(i) ? options_.weight_decay : 0.0;
 #pragma omp parallel for simd if (n >= cpu::parallel_grain()) schedule(static)
       for (int64_t j = 0; j < n; ++j) {
         T gj = pg[j];
@@ -89,15 +89,17 @@ StateDict Adam::state_tensors() const {
 }
 
 nlohmann::json Adam::state_json() const {
-  return {{"name", name()},
-          {"step", t_},
-          {"lr", options_.lr},
-          {"beta1", options_.beta1},
-          {"beta2", options_.beta2},
-          {"eps", options_.eps},
-          {"weight_decay", options_.weight_decay},
-          {"num_params", params_.size()},
-          {"stateful_params", stateful_params_json(m_)}};
+  nlohmann::json s = {{"name", name()},
+                      {"step", t_},
+                      {"lr", options_.lr},
+                      {"beta1", options_.beta1},
+                      {"beta2", options_.beta2},
+                      {"eps", options_.eps},
+                      {"weight_decay", options_.weight_decay},
+                      {"num_params", params_.size()},
+                      {"stateful_params", stateful_params_json(m_)}};
+  add_decay_mask_json(s);
+  return s;
 }
 
 void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
@@ -118,6 +120,7 @@ void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
     validate(o);
     const std::vector<bool> has = stateful_params("Adam::load_state", tensors, s, {"exp_avg", "exp_avg_sq"});
     const int64_t step = saved_step(s, "Adam::load_state");
+    std::vector<bool> decay = decay_mask_from("Adam::load_state", s);
     std::vector<Tensor> m(params_.size()), v(params_.size());
     for (size_t i = 0; i < params_.size(); ++i) {
       if (!has[i]) continue;  // never updated
@@ -128,6 +131,7 @@ void Adam::load_state(const StateDict& tensors, const nlohmann::json& s) {
       v[i] = b->second.to(params_[i].dtype()).contiguous().clone();
     }
     options_ = o;
+    decay_ = std::move(decay);
     t_ = step;
     m_ = std::move(m);
     v_ = std::move(v);

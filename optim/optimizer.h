@@ -38,6 +38,11 @@ class Optimizer {
   }
   const std::vector<Tensor>& params() const { return params_; }
 
+  // Parameter groups: which parameters weight decay applies to (all by default). Biases, norms and
+  // embeddings usually go without (see no_decay_mask). Saved and restored with the state.
+  void set_decay_mask(std::vector<bool> decays);
+  bool decays(size_t i) const { return decay_.empty() || decay_[i]; }
+
   // Slot tensors named "<param index>.<slot>" (e.g. "3.exp_avg"), and the scalars as JSON
   // ({"name": "adamw", "step": 120, "lr": ..., ...}).
   virtual StateDict state_tensors() const = 0;
@@ -55,8 +60,19 @@ class Optimizer {
   // "<i>.<slot>" for each of them and every slot name: ValueError naming the missing or unexpected tensor.
   std::vector<bool> stateful_params(const char* op, const StateDict& tensors, const nlohmann::json& scalars,
                                     std::initializer_list<const char*> slots) const;
+  // The mask as saved ("no_decay": indices of the parameters without decay; absent when none), and
+  // read back (validated; absent: every parameter decays).
+  void add_decay_mask_json(nlohmann::json& scalars) const;
+  std::vector<bool> decay_mask_from(const char* op, const nlohmann::json& scalars) const;
 
   std::vector<Tensor> params_;
+  std::vector<bool> decay_;  // empty: all decay
 };
+
+// The mask that leaves out of weight decay every parameter whose name matches one of the glob
+// patterns ('*' matches any run of characters, the whole name must match).
+std::vector<bool> no_decay_mask(const std::vector<std::pair<std::string, Tensor>>& named,
+                                const std::vector<std::string>& patterns);
+bool glob_match(const std::string& pattern, const std::string& name);
 
 }  // namespace attnlab

@@ -51,7 +51,7 @@ void SGD::step() {
     Tensor& p = params_[i];
     Tensor d = p.grad();
     if (!d.defined()) continue;
-    if (o.weight_decay != 0) d = d + o.weight_decay * p;
+    if (o.weight_decay != 0 && decays(i)) d = d + o.weight_decay * p;
     if (o.momentum != 0) {
       Tensor& buf = momentum_buffers_[i];
       // Clone: the engine accumulates into .grad in place, which must not leak into the buffer.
@@ -74,13 +74,15 @@ StateDict SGD::state_tensors() const {
 }
 
 nlohmann::json SGD::state_json() const {
-  return {{"name", name()},
-          {"step", steps_},
-          {"lr", options_.lr},
-          {"momentum", options_.momentum},
-          {"nesterov", options_.nesterov},
-          {"weight_decay", options_.weight_decay},
-          {"stateful_params", stateful_params_json(momentum_buffers_)}};
+  nlohmann::json s = {{"name", name()},
+                      {"step", steps_},
+                      {"lr", options_.lr},
+                      {"momentum", options_.momentum},
+                      {"nesterov", options_.nesterov},
+                      {"weight_decay", options_.weight_decay},
+                      {"stateful_params", stateful_params_json(momentum_buffers_)}};
+  add_decay_mask_json(s);
+  return s;
 }
 
 void SGD::load_state(const StateDict& tensors, const nlohmann::json& scalars) {
@@ -102,6 +104,7 @@ void SGD::load_state(const StateDict& tensors, const nlohmann::json& scalars) {
   check_options(o);
 
   const std::vector<bool> has = stateful_params("SGD::load_state", tensors, scalars, {kSlot});
+  std::vector<bool> decay = decay_mask_from("SGD::load_state", scalars);
   std::vector<Tensor> buffers(params_.size());
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!has[i]) continue;
@@ -117,6 +120,7 @@ void SGD::load_state(const StateDict& tensors, const nlohmann::json& scalars) {
   for (Tensor& b : buffers)
     if (b.defined()) b = b.detach().clone();  // our own copy: the caller's tensors stay untouched
   options_ = o;
+  decay_ = std::move(decay);
   steps_ = steps;
   momentum_buffers_ = std::move(buffers);
 }

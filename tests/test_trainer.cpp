@@ -94,7 +94,7 @@ TEST_CASE("resuming from a checkpoint continues exactly like an uninterrupted ru
   fs::remove_all(dir);
 }
 
-TEST_CASE("entmax attention: training logs the support size and α of every layer and head") {
+TEST_CASE("entmax attention: training logs the support size, α and column-sum deviation of every layer and head") {
   std::string dir = temp_dir("entmax");
   std::string corpus = write_corpus(dir);
   std::ostringstream log;
@@ -115,6 +115,10 @@ TEST_CASE("entmax attention: training logs the support size and α of every laye
     REQUIRE(row.contains("attn.alpha"));
     REQUIRE(row["attn.alpha"].size() == 2);     // layers
     REQUIRE(row["attn.alpha"][0].size() == 2);  // heads
+    REQUIRE(row.contains("attn.colsum_dev"));  // every method's, from a probe batch at log time
+    REQUIRE(row["attn.colsum_dev"].size() == 2);
+    for (const auto& layer : row["attn.colsum_dev"])
+      for (const auto& d : layer) CHECK(d.get<double>() >= 0);
     for (const auto& layer : row["attn.support"])
       for (const auto& s : layer) CHECK((s.get<double>() >= 1 && s.get<double>() <= 16));
     for (const auto& layer : row["attn.alpha"])

@@ -3,26 +3,30 @@
 
 #include "tools/cli_common.h"
 #include "tools/draw.h"
+#include "tools/train_config.h"
 
 using namespace attnlab;
 
 int main(int argc, char** argv) {
   cli::Command cmd(
       "attnlab draw",
-      "usage: attnlab draw --run DIR --text TEXT --out FILE.png [--internal attn] [heatmap options]\n"
+      "usage: attnlab draw --run DIR (--text TEXT | --image N) --out FILE.png [--internal attn] [heatmap options]\n"
       "       attnlab draw --from-layer OUT.safetensors --out DIR [--tensor NAME] [heatmap options]\n"
       "       attnlab draw --metrics FILE.jsonl --out FILE.png [--width W] [--height H]\n",
       "  --run         attention of DIR's model (checkpoint, tokenizer) on TEXT: rows = layers, columns =\n"
-      "                heads, each cell a Tq x Tk heatmap with the tokens along its axes\n"
+      "                heads, each cell a Tq x Tk heatmap with the tokens along its axes; an image\n"
+      "                classifier run takes test image N (--image) instead of a text\n"
       "  --from-layer  every internals.* tensor of an `attnlab layer` output (or the one --tensor names),\n"
       "                one DIR/<name>.png each: [B, H, T, T] as B rows x H heads, other shapes as matrices\n"
-      "  --metrics     train loss (and EMA, val loss) and validation bits per character vs step");
+      "  --metrics     train loss (and EMA, val loss), validation bits per character or accuracy, and\n"
+      "                every attn.* number per layer and head (e.g. colsum_dev) vs step");
   std::string run_dir, text, from_layer, tensor, metrics, out, internal = "attn", colormap, norm = "cell";
   double gamma = 1.0;
   bool plain_zeros = false;
-  int64_t scale = 0, width = 1000, height = 760;
+  int64_t scale = 0, width = 1000, height = 760, image = -1;
   cmd.text("--run", run_dir, "a run directory")->type_name("DIR");
   cmd.text("--text", text, "the text to run the model on (--run)");
+  cmd.integer("--image", image, 0, kMaxTokens, "the test image to run an image classifier on (--run)")->type_name("N");
   cmd.text("--from-layer", from_layer, "an `attnlab layer` output file")->type_name("OUT.safetensors");
   cmd.text("--metrics", metrics, "a run's metrics.jsonl")->type_name("FILE.jsonl");
   cmd.text("--out", out, "the PNG to write (--from-layer: the directory)")->type_name("PATH")->required();
@@ -70,16 +74,16 @@ int main(int argc, char** argv) {
     if (cmd.given("--run")) {
       only_with("from-layer", {"--tensor"});
       only_with("metrics", {"--width", "--height"});
-      if (!cmd.given("--text")) throw cli::UsageError("--run needs --text");
-      Image img = draw_run_attention(run_dir, text, style, internal);
+      if (cmd.given("--text") == cmd.given("--image")) throw cli::UsageError("--run needs --text or --image");
+      Image img = draw_run_attention(run_dir, text, style, internal, cmd.given("--image") ? image : -1);
       write_png(out, img);
       std::cout << "wrote " << out << " (" << img.width << "x" << img.height << ")\n";
     } else if (cmd.given("--from-layer")) {
-      only_with("run", {"--text", "--internal"});
+      only_with("run", {"--text", "--internal", "--image"});
       only_with("metrics", {"--width", "--height"});
       for (const auto& path : draw_layer_file(from_layer, out, style, tensor)) std::cout << "wrote " << path << "\n";
     } else {
-      only_with("run", {"--text", "--internal"});
+      only_with("run", {"--text", "--internal", "--image"});
       only_with("from-layer", {"--tensor"});
       for (const char* o : {"--colormap", "--norm", "--gamma", "--scale"})
         if (cmd.given(o)) throw cli::UsageError(cat(o, " applies only to heatmaps"));

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   cmd.integer("--seed", seed, 0, std::numeric_limits<int64_t>::max(), "sampling seed (default 0)")->type_name("S");
   return cmd.run(argc, argv, [&] {
     LoadedRun run = load_run(dir);
+    if (!run.model) fail<ValueError>("sample", dir, " holds an image classifier run: sample needs a language model");
     auto& tok = run.tokenizer;
     std::vector<int64_t> ids = tok->encode(prompt);
     if (ids.empty()) ids.push_back(0);

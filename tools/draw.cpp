@@ -11,6 +11,7 @@
 #include "autograd/grad_mode.h"
 #include "core/safetensors.h"
 #include "layers/transformer.h"
+#include "tools/classifier_trainer.h"
 #include "tools/plot.h"
 #include "tools/run_dir.h"
 
@@ -253,24 +254,43 @@ Image draw_tensor(const Tensor& t, const std::string& title, const HeatmapStyle&
   return draw_heatmap_grid(g, st, layout);
 }
 
-HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& text, const std::string& internal) {
+HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& text, const std::string& internal,
+                               int64_t image) {
   const char* op = "draw";
   LoadedRun run = load_run(run_dir);
   const ModelConfig& mc = run.config.model;
-  std::vector<int64_t> ids = run.tokenizer->encode(text);
-  if (ids.empty()) fail<ValueError>(op, "the text is empty");
-  if (int64_t(ids.size()) > mc.max_len)
-    fail<ValueError>(op, "the text has ", ids.size(), " tokens but the model's max_len is ", mc.max_len);
+  std::vector<int64_t> ids;
+  std::string what;  // for the title
+  Tensor input;
+  if (run.classifier) {
+    if (image < 0) fail<ValueError>(op, run_dir, " holds an image classifier: pick a test image with --image N");
+    ImageSplits data = load_image_splits(run.config);
+    if (image >= data.test.size())
+      fail<ValueError>(op, "--image ", image, " is past the ", data.test.size(), " test images");
+    input = data.test.images.narrow(0, image, 1);
+    const int64_t label = data.test.labels.data<int64_t>()[image];
+    what = cat("test image ", image, " (", data.test.class_names.at(size_t(label)), ")");
+  } else {
+    if (image >= 0)
+      fail<ValueError>(op, "--image applies to image classifier runs; ", run_dir, " holds a language model");
+    ids = run.tokenizer->encode(text);
+    if (ids.empty()) fail<ValueError>(op, "the text is empty");
+    if (int64_t(ids.size()) > mc.max_len)
+      fail<ValueError>(op, "the text has ", ids.size(), " tokens but the model's max_len is ", mc.max_len);
+    input = from_vector(ids, {1, int64_t(ids.size())});
+    what = cat("\"", shorten(text, 40), "\"");
+  }
   const int64_t T = int64_t(ids.size());
 
-  auto& blocks = run.model->trunk->blocks;
+  auto& blocks = run.trunk().blocks;
   for (auto& b : blocks) {
     b->attn->method->record_internals = true;
     b->attn->method->internals.clear();
   }
   {
     NoGradGuard ng;
-    run.model->forward(from_vector(ids, {1, T}));
+    if (run.classifier) run.classifier->forward(input);
+    else run.model->forward(input);
   }
   HeatmapGrid g;
   g.rows = int64_t(blocks.size());
@@ -315,16 +335,16 @@ HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& te
   for (int64_t h = 0; h < g.cols; ++h) g.col_labels.push_back("head " + std::to_string(h));
   std::vector<std::string> toks;
   for (int64_t id : ids) toks.push_back(std::string(1, token_char(run.tokenizer->decode({id}))));
-  if (g.cells[0].size(0) == T) g.y_tokens = toks;
-  if (g.cells[0].size(1) == T) g.x_tokens = toks;
+  if (!ids.empty() && g.cells[0].size(0) == T) g.y_tokens = toks;
+  if (!ids.empty() && g.cells[0].size(1) == T) g.x_tokens = toks;
   g.title = cat(fs::path(run_dir).filename().string().empty() ? run_dir : fs::path(run_dir).filename().string(),
-                " (step ", run.step, "): ", internal, " on \"", shorten(text, 40), "\"");
+                " (step ", run.step, "): ", internal, " on ", what);
   return g;
 }
 
 Image draw_run_attention(const std::string& run_dir, const std::string& text, const HeatmapStyle& st,
-                         const std::string& internal) {
-  return draw_heatmap_grid(run_attention_grid(run_dir, text, internal), st);
+                         const std::string& internal, int64_t image) {
+  return draw_heatmap_grid(run_attention_grid(run_dir, text, internal, image), st);
 }
 
 std::vector<std::string> draw_layer_file(const std::string& path, const std::string& out_dir, const HeatmapStyle& st,
@@ -362,6 +382,7 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
   plot::Series ema{"train loss (EMA)", {}, {}, RGB{31, 119, 180}, false, 2.0};
   plot::Series val{"val loss", {}, {}, RGB{255, 127, 14}, true, 1.5};
   plot::Series bpc{"val bpc", {}, {}, RGB{214, 39, 40}, true, 1.5};
+  plot::Series acc{"val accuracy", {}, {}, RGB{44, 160, 44}, true, 1.5};
   std::map<std::string, std::map<std::pair<size_t, size_t>, plot::Series>> per_head;  // key -> (layer, head)
   std::string line;
   int64_t lineno = 0;
@@ -390,6 +411,7 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
     if (number(row, "train_loss_ema", v)) ema.x.push_back(step), ema.y.push_back(v);
     if (number(row, "val_loss", v)) val.x.push_back(step), val.y.push_back(v);
     if (number(row, "val_bpc", v)) bpc.x.push_back(step), bpc.y.push_back(v);
+    if (number(row, "val_acc", v)) acc.x.push_back(step), acc.y.push_back(v);
     // Per-head attention numbers (attn.alpha, attn.support: [layers][heads]), one line per head.
     for (auto it = row.begin(); it != row.end(); ++it) {
       if (it.key().rfind("attn.", 0) != 0 || !it->is_array()) continue;
@@ -421,12 +443,14 @@ Image draw_metrics(const std::string& path, int64_t width, int64_t height) {
          "step",
          "bits per character",
          {bpc}});
+  if (!acc.x.empty()) panels.push_back({"Validation accuracy", "step", "accuracy", {acc}});
   for (auto& [key, lines] : per_head) {
     plot::Panel p{key.substr(5) + " per layer (L) and head (h)", "step", key.substr(5), {}};
     for (auto& [lh, series] : lines) p.series.push_back(series);
     panels.push_back(p);
   }
-  if (panels.empty()) fail<ValueError>("draw", path, " has no rows with step and train_loss, val_loss or val_bpc");
+  if (panels.empty())
+    fail<ValueError>("draw", path, " has no rows with step and train_loss, val_loss, val_bpc or val_acc");
   // Room for the per-head panels: the height given is for the two standard ones.
   return plot::line_chart(panels, width, height * std::max<int64_t>(1, (int64_t(panels.size()) + 1) / 2));
 }

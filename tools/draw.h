@@ -8,10 +8,12 @@
 //    leading ones the grid ([B, H, Tq, Tk] -> B rows x H columns; [A, n, k] -> A cells; rank 1 ->
 //    one 1 x n row), so attention weights, sparse supports, Sinkhorn sort matrices and routing
 //    memberships all draw the same way. b8 and i64 draw as numbers (0/1, counts, cluster ids).
-//  * draw_run_attention: a trained CausalLM from a run directory on a text: rows = layers,
-//    columns = heads, each cell the Tq x Tk attention of one head, tokens along the axes.
+//  * draw_run_attention: a trained CausalLM from a run directory on a text (or an image classifier
+//    on a test image): rows = layers, columns = heads, each cell the Tq x Tk attention of one head,
+//    tokens along the axes.
 //  * draw_metrics: loss curves from a run's metrics.jsonl: train loss (and its EMA, and val loss)
-//    vs step in one panel, validation bits per character in another.
+//    vs step in one panel, validation bits per character (or accuracy) in another, and a panel per
+//    attn.* key (per layer and head: entmax's support and α, every method's colsum_dev).
 #pragma once
 #include <optional>
 #include <string>
@@ -67,11 +69,12 @@ Image draw_tensor(const Tensor& t, const std::string& title, const HeatmapStyle&
 // model on `text` with record_internals set on every layer's attention method, and collects
 // internals[internal] of every layer: grid rows = layers, columns = heads, tokens as axis labels.
 // ValueError listing the recorded keys when a method has no such entry; also when the text is empty
-// or longer than the model's max_len.
+// or longer than the model's max_len. An image classifier run takes test image number `image` instead
+// of the text (ValueError when it is not given, or given for a language model).
 HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& text,
-                               const std::string& internal = "attn");
+                               const std::string& internal = "attn", int64_t image = -1);
 Image draw_run_attention(const std::string& run_dir, const std::string& text, const HeatmapStyle& style = {},
-                         const std::string& internal = "attn");
+                         const std::string& internal = "attn", int64_t image = -1);
 
 // Draws tensors of a `layer` output file, one PNG per tensor into out_dir (created), named
 // "<tensor name>.png". Default: every "internals.*" tensor; `only` picks one tensor by name.

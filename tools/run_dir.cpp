@@ -56,6 +56,12 @@ LoadedRun load_run(const std::string& dir) {
     fail<IOError>("load_run", dir, " holds no checkpoint (", prefix, ".json is missing)");
   LoadedRun run;
   run.config = recorded_config(prefix, dir);
+  if (run.config.model.num_classes > 0) {
+    run.classifier = std::make_unique<SequenceClassifier>(run.config.model);
+    run.step = load_checkpoint(prefix, *run.classifier, nullptr).step;
+    run.classifier->eval();
+    return run;
+  }
   run.tokenizer = load_checkpoint_tokenizer(prefix);
   check_vocab_size(*run.tokenizer, run.config.model);
   run.model = std::make_unique<CausalLM>(run.config.model);
@@ -86,6 +92,7 @@ EvalResult evaluate_lm(CausalLM& model, std::vector<int64_t> tokens, const DataC
 
 EvalResult evaluate_run(LoadedRun& run, const std::string& split, int64_t max_tokens) {
   if (split != "val" && split != "test") fail<ValueError>("eval", "the split must be val or test, got '", split, "'");
+  if (!run.model) fail<ValueError>("eval", run.config.out_dir, " holds a classifier run, not a language model");
   TextCorpus corpus = load_corpus(run.config.data.corpus);
   return evaluate_lm(*run.model, run.tokenizer->encode(split == "val" ? corpus.val : corpus.test), run.config.data,
                      max_tokens);

@@ -31,11 +31,14 @@ struct EvalResult {
 
 // A run loaded from its checkpoint alone: the config recorded in the sidecar (not DIR/config.json),
 // its out_dir set to DIR; the tokenizer and the weights the sidecar commits to; the model in eval mode.
+// A classifier run (model.num_classes > 0) has a classifier instead of the LM, and no tokenizer.
 struct LoadedRun {
   TrainConfig config;
   std::unique_ptr<Tokenizer> tokenizer;
   std::unique_ptr<CausalLM> model;
+  std::unique_ptr<SequenceClassifier> classifier;
   int64_t step = 0;
+  const TransformerTrunk& trunk() const { return classifier ? *classifier->trunk : *model->trunk; }
 };
 
 // IOError naming the file when the checkpoint, its tokenizer or its config is missing or damaged.

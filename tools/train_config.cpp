@@ -11,10 +11,15 @@ namespace {
 
 DataConfig data_from(ConfigSection s) {
   DataConfig d;
+  d.dataset = s.choice("dataset", d.dataset, {"text", "fashion_mnist", "synthetic_images"});
   d.corpus = s.string("corpus", d.corpus);
   d.tokenizer = s.choice("tokenizer", d.tokenizer, {"char", "byte"});
   d.seq_len = s.integer("seq_len", d.seq_len, 1, kMaxLen);
   d.batch_size = s.integer("batch_size", d.batch_size, 1, kMaxBatch);
+  d.dir = s.string("dir", d.dir);
+  d.train_size = s.integer("train_size", d.train_size, 0, kMaxTokens);
+  d.val_size = s.integer("val_size", d.val_size, 1, kMaxTokens);
+  d.test_size = s.integer("test_size", d.test_size, 0, kMaxTokens);
   s.finish();
   return d;
 }
@@ -30,6 +35,20 @@ OptimConfig optim_from(ConfigSection s) {
   o.momentum = s.number("momentum", o.momentum, NumberRange::half_open(0, 1));
   o.clip = s.number("clip", o.clip, NumberRange::at_least(0));
   if (const nlohmann::json* schedule = s.value("schedule")) o.schedule = *schedule;
+  if (const nlohmann::json* nd = s.value("no_decay")) {
+    // A list of name globs, or a boolean: true for the defaults, false to decay every parameter.
+    if (nd->is_boolean()) {
+      o.no_decay = nd->get<bool>() ? OptimConfig::default_no_decay() : std::vector<std::string>{};
+    } else {
+      if (!nd->is_array()) s.fail("no_decay", "must be a boolean or a list of name patterns, got ", nd->dump());
+      o.no_decay.clear();
+      for (const auto& p : *nd) {
+        if (!p.is_string() || p.get<std::string>().empty())
+          s.fail("no_decay", "every pattern must be a non-empty string, got ", p.dump());
+        o.no_decay.push_back(p.get<std::string>());
+      }
+    }
+  }
   s.finish();
   return o;
 }
@@ -38,7 +57,9 @@ OptimConfig optim_from(ConfigSection s) {
 // the logits of one batch with their gradient. Refused before anything is allocated.
 void check_training_memory(const TrainConfig& c) {
   const double params = double(c.model.parameter_count()) * 4 * 4;
-  const double logits = double(c.data.batch_size) * double(c.data.seq_len) * double(c.model.vocab_size) * 4 * 2;
+  const double logits = c.data.images()
+                            ? double(c.data.batch_size) * double(c.model.num_classes) * 4 * 2
+                            : double(c.data.batch_size) * double(c.data.seq_len) * double(c.model.vocab_size) * 4 * 2;
   const double have = double(machine_memory_bytes());
   if (params + logits > have)
     fail<ValueError>("config", "training needs at least ", format_bytes(params + logits), " (", format_bytes(params),
@@ -69,8 +90,20 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   if (!model.contains("seed")) model["seed"] = c.seed;
   c.model = ModelConfig::from_json(model, "model");
   LRSchedule::from_json(c.optim.schedule, c.optim.lr, c.steps, "optim.schedule");  // validated up front
-  if (c.data.seq_len > c.model.max_len)
-    fail<ValueError>("config", "data.seq_len: ", c.data.seq_len, " exceeds model.max_len ", c.model.max_len);
+  if (c.data.images()) {
+    if (c.model.image_size == 0 || c.model.num_classes == 0)
+      fail<ValueError>("config", "data.dataset: \"", c.data.dataset,
+                       "\" is an image classification set: the model needs image_size, patch_size and num_classes");
+    if (c.data.dataset == "fashion_mnist" && (c.model.image_size != 28 || c.model.num_classes != 10))
+      fail<ValueError>("config", "model: Fashion-MNIST has 28 x 28 images in 10 classes, the model has image_size ",
+                       c.model.image_size, " and num_classes ", c.model.num_classes);
+  } else {
+    if (c.model.num_classes > 0 || c.model.image_size > 0)
+      fail<ValueError>("config", "data.dataset: a classifier (model.num_classes > 0) needs an image dataset ",
+                       "(fashion_mnist or synthetic_images); \"text\" trains causal LMs");
+    if (c.data.seq_len > c.model.max_len)
+      fail<ValueError>("config", "data.seq_len: ", c.data.seq_len, " exceeds model.max_len ", c.model.max_len);
+  }
   check_training_memory(c);
   return c;
 }

@@ -3,6 +3,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "layers/transformer.h"
 
@@ -14,10 +15,19 @@ inline constexpr int64_t kMaxSteps = int64_t(1) << 40;
 inline constexpr int64_t kMaxTokens = int64_t(1) << 50;
 
 struct DataConfig {
-  std::string corpus = "kjv";     // "kjv" or a path to a plain text file
-  std::string tokenizer = "char"; // char | byte
-  int64_t seq_len = 256;
+  // "text" (a causal LM's corpus), or an image classification set for a ViT (model.image_size):
+  // "fashion_mnist" (from dir) or "synthetic_images" (class-dependent stripes in noise, for tests).
+  std::string dataset = "text";
+  std::string corpus = "kjv";      // text: "kjv" or a path to a plain text file
+  std::string tokenizer = "char";  // text: char | byte
+  int64_t seq_len = 256;           // text
   int64_t batch_size = 16;
+  // Images: val holds the last val_size examples of the training file, train the first train_size of
+  // the rest (0: all of it), test the first test_size of the test file (0: all).
+  std::string dir;  // fashion_mnist: the directory of the .gz files (default: the package's)
+  int64_t train_size = 0, val_size = 5000, test_size = 0;
+
+  bool images() const { return dataset != "text"; }
 };
 
 struct OptimConfig {
@@ -28,6 +38,12 @@ struct OptimConfig {
   double momentum = 0.9;  // sgd only
   double clip = 1.0;      // global-norm clipping; 0 disables
   nlohmann::json schedule = {{"kind", "cosine"}, {"warmup_steps", 100}};
+  // Parameters left out of weight decay, by name glob (optim/optimizer.h no_decay_mask): by default
+  // biases, norms, embeddings, the class token and attention methods' own parameters (entmax α, temperature).
+  std::vector<std::string> no_decay = default_no_decay();
+  static std::vector<std::string> default_no_decay() {
+    return {"*.bias", "*.ln*", "*.tok.*", "*.pos.*", "cls.*", "*.method.*"};
+  }
 };
 
 struct TrainConfig {
