@@ -17,7 +17,8 @@ namespace attnlab {
 Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                        Tensor* lse_out = nullptr);
 
-// Block-local attention through the same kernels: the sequence is cut into non-overlapping blocks
+// Block-local attention (defined in attention/local.cpp, on the block-sparse engine of
+// attention/block_sparse.h): the sequence is cut into non-overlapping blocks
 // of `block` positions and a query sees only the keys of its own block (plus mask.causal inside it
 // and mask.key_padding). Positions as for causal: query i sits at key position i + Tk - Tq. The
 // last block may be shorter.

@@ -105,8 +105,12 @@ struct Plan {
   int64_t key_end(const Segment& s, int64_t i1) const { return causal ? std::clamp(i1 + shift, s.k0, s.k1) : s.k1; }
 
   TileMask classify(int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
+    return classify(b, i0, i1, j0, j1, causal);
+  }
+  // The same with the causal rule given per tile (a block-sparse layout marks its diagonal blocks).
+  TileMask classify(int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool causal_tile) const {
     TileMask m;
-    if (causal) {
+    if (causal_tile) {
       if (j0 > i1 - 1 + shift) m.skip = true;
       m.causal_partial = j1 - 1 > i0 + shift;
     }
@@ -415,6 +419,80 @@ void scale_row(T* x, int64_t n, T a) {
 #pragma omp simd simdlen(kLanes <T>)
   for (int64_t i = 0; i < n; ++i) x[i] *= a;
 }
+
+// ---- the normaliser -------------------------------------------------------------------------
+
+// What the tile loops ask of a normaliser, so that another one (entmax) can plug in later. Forward:
+// fold a score tile into running per-row statistics, turning it into weights, and finish each row
+// into its output and one saved statistic. Backward: recompute a tile's weights from that statistic,
+// the per-row term D, and dS from dP. Softmax keeps a running max m and sum l, saves LSE = m + log l,
+// and has D = rowsum(dO ∘ O), dS = P ∘ (dP - D).
+struct Softmax {
+  // S (mi × nj, row stride ld) becomes exp(S - m'); l and m are updated and the rows of O (stride dh)
+  // rescaled by e^(m - m'), unless `first` (O not written yet).
+  template <class T>
+  static void absorb(T* S, int64_t ld, int64_t mi, int64_t nj, T* m, T* l, T* o, int64_t dh, bool first) {
+    const T ninf = -std::numeric_limits<T>::infinity();
+    for (int64_t r = 0; r < mi; ++r) {
+      T* srow = S + r * ld;
+      const T mnew = std::max(m[r], row_max(srow, nj));
+      // Nothing visible yet (mnew = -inf): subtract 0, so exp(-inf) = 0, not NaN. A +inf or NaN score
+      // is kept: exp(inf - inf) and exp(NaN) make l NaN, and NaN reaches the output.
+      const T mu = mnew == ninf ? T(0) : mnew;
+      const T alpha = cpu::exp_fast(T(m[r] - mu));
+      l[r] = l[r] * alpha + exp_row(srow, nj, mu);
+      m[r] = mnew;
+      if (!first && alpha != T(1)) scale_row(o + r * dh, dh, alpha);
+    }
+  }
+  // O /= l and LSE = m + log l per row; `visited` false: no key tile was visible at all.
+  template <class T>
+  static void finish(T* o, int64_t dh, int64_t mi, const T* m, const T* l, T* lse, bool visited) {
+    const T ninf = -std::numeric_limits<T>::infinity();
+    if (!visited) std::fill(o, o + mi * dh, T(0));
+    for (int64_t r = 0; r < mi; ++r) {
+      // Only a row with no visible score (m = -inf and l = 0) is fully masked. A NaN score is skipped
+      // by the max but not by l (exp(NaN) = NaN), so l = NaN divides the row: NaN in gives NaN out,
+      // as on the composite path, even when every score of the row is NaN.
+      if (m[r] != ninf || l[r] != T(0)) {
+        scale_row(o + r * dh, dh, T(1) / l[r]);
+        lse[r] = m[r] + std::log(l[r]);
+      } else {  // a fully masked row: zero output, LSE of nothing
+        std::fill(o + r * dh, o + (r + 1) * dh, T(0));
+        lse[r] = ninf;
+      }
+    }
+  }
+  // S becomes P = exp(S - LSE); a fully masked row (LSE = -inf) gives P = 0.
+  template <class T>
+  static void weights(T* S, int64_t ld, int64_t mi, int64_t nj, const T* lse) {
+    const T pinf = std::numeric_limits<T>::infinity();
+    for (int64_t r = 0; r < mi; ++r) exp_row(S + r * ld, nj, std::isinf(lse[r]) && lse[r] < 0 ? pinf : lse[r]);
+  }
+  // D of one row: rowsum(dO ∘ O), dO with element stride gs, accumulated in double.
+  template <class T>
+  static T row_term(const T* g, int64_t gs, const T* o, int64_t dh) {
+    double acc = 0;
+    if (gs == 1) {
+#pragma omp simd reduction(+ : acc)
+      for (int64_t d = 0; d < dh; ++d) acc += double(g[d]) * double(o[d]);
+    } else {
+      for (int64_t d = 0; d < dh; ++d) acc += double(g[d * gs]) * double(o[d]);
+    }
+    return T(acc);
+  }
+  // dP (same layout as P) becomes dS = P ∘ (dP - D).
+  template <class T>
+  static void dscores(const T* P, T* dP, int64_t ld, int64_t mi, int64_t nj, const T* D) {
+    for (int64_t r = 0; r < mi; ++r) {
+      const T* prow = P + r * ld;
+      T* drow = dP + r * ld;
+      const T Dr = D[r];
+#pragma omp simd simdlen(kLanes <T>)
+      for (int64_t c = 0; c < nj; ++c) drow[c] = prow[c] * (drow[c] - Dr);
+    }
+  }
+};
 
 inline bool run_parallel(double work) {
   return work >= parallel_work() && omp_get_max_threads() > 1 && !omp_in_parallel();
