@@ -16,6 +16,8 @@
 namespace attnlab {
 using namespace cases;
 
+using flash::ScopedTiles;
+
 namespace {
 using namespace tiled;
 using block_sparse::BlockMask;
@@ -185,10 +187,6 @@ void forward(const Call& c, const Schedule& sc, const Operand& q, const Operand&
 
 // ---- backward -----------------------------------------------------------------------------------
 
-struct Grads {
-  Tensor dq, dk, dv;
-};
-
 // The tensors and per-thread scratch of one backward call.
 template <class T>
 struct Backward {
@@ -310,12 +308,12 @@ void reduce_dq(const Backward<T>& w, bool par) {
 }
 
 template <class T, class Norm>
-Grads backward(const Call& c, const Schedule& sc, const Operand& q, const Operand& k, const Operand& v,
-               const Tensor& out, const Tensor& lse, const Tensor& g, const std::vector<bool>& need) {
+FusedGrads backward(const Call& c, const Schedule& sc, const Operand& q, const Operand& k, const Operand& v,
+                    const Tensor& out, const Tensor& lse, const Tensor& g, const std::vector<bool>& need) {
   const Plan& p = c.plan;
   const int64_t bq = p.tiles.bwd_q, bk = p.tiles.bwd_k, dh = p.dh, BH = p.B * p.H;
   const DType dt = dtype_of<T>();
-  Grads gr{empty({p.B, p.H, p.Tq, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt)};
+  FusedGrads gr{empty({p.B, p.H, p.Tq, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt)};
   const Operand go(g);
   const bool par = run_parallel(sc.bwd_work * double(BH));
   const int nt = par ? omp_get_max_threads() : 1;
@@ -383,37 +381,19 @@ Tensor block_sparse_attention(const OpDef& op, const Tensor& q, const Tensor& k,
       forward<T, Softmax>(*call, *sched, Operand(q), Operand(k), Operand(v), out.data<T>(), lse.data<T>());
     });
   if (lse_out) *lse_out = lse;
-  if (needs_grad({q, k, v}))
-    record(out, op, {q, k, v},
-           [call, sched, name, empty_problem, sq = SavedTensor(q, name), sk = SavedTensor(k, name),
-            sv = SavedTensor(v, name), so = SavedTensor(out.detach(), name),
-            sl = SavedTensor(lse, name)](const Tensor& g, const std::vector<bool>& need) {
-             const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get();
-             if (empty_problem)
-               return std::vector<Tensor>{need[0] ? zeros_like(qv) : Tensor(), need[1] ? zeros_like(kv) : Tensor(),
-                                          need[2] ? zeros_like(vv) : Tensor()};
-             Grads gr = dispatch_floating(g.dtype(), name, [&]<class T>() {
-               return backward<T, Softmax>(*call, *sched, Operand(qv), Operand(kv), Operand(vv), so.get(), sl.get(),
-                                           g.dtype() == qv.dtype() ? g : g.to(qv.dtype()), need);
-             });
-             return std::vector<Tensor>{need[0] ? gr.dq : Tensor(), need[1] ? gr.dk : Tensor(),
-                                        need[2] ? gr.dv : Tensor()};
-           });
+  record_fused(op, out, q, k, v, lse, empty_problem,
+               [call, sched, name](const Tensor& qv, const Tensor& kv, const Tensor& vv, const Tensor& o,
+                                   const Tensor& l, const Tensor& g, const std::vector<bool>& need) {
+                 return dispatch_floating(g.dtype(), name, [&]<class T>() {
+                   return backward<T, Softmax>(*call, *sched, Operand(qv), Operand(kv), Operand(vv), o, l, g, need);
+                 });
+               });
   return out;
 }
 
 namespace {
 
 // ---- registration -------------------------------------------------------------------------------
-
-// Small tiles for the gradcheck cases, so that blocks span several tiles of uneven size.
-struct ScopedTiles {
-  flash::Tiles saved = flash::tiles();
-  explicit ScopedTiles(const flash::Tiles& t) { flash::set_tiles(t); }
-  ~ScopedTiles() { flash::set_tiles(saved); }
-  ScopedTiles(const ScopedTiles&) = delete;
-  ScopedTiles& operator=(const ScopedTiles&) = delete;
-};
 
 // Uneven query blocks [0,3) [3,4) [4,9) and key blocks [0,2) [2,7) [7,8) [8,9), permuted lists, one
 // query block reading everything, a causal diagonal entry, and an empty list (rows that see nothing).

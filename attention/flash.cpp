@@ -37,6 +37,8 @@ using namespace cases;
 
 // ---- tile configuration ----------------------------------------------------------------------
 
+using flash::ScopedTiles;
+
 namespace {
 constexpr flash::Tiles kDefaultTiles{64, 1024, 64, 128};
 flash::Tiles g_tiles{};  // 0 = default
@@ -60,15 +62,6 @@ const char* f32_tile_kernel() { return ATTNLAB_FLASH_AVX512 ? "avx512" : "blas";
 }  // namespace flash
 
 namespace {
-
-// Small tiles for the gradcheck cases, so that a few positions span several tiles of uneven size.
-struct ScopedTiles {
-  flash::Tiles saved = g_tiles;
-  explicit ScopedTiles(const flash::Tiles& t) { g_tiles = t; }
-  ~ScopedTiles() { g_tiles = saved; }
-  ScopedTiles(const ScopedTiles&) = delete;
-  ScopedTiles& operator=(const ScopedTiles&) = delete;
-};
 
 using namespace tiled;
 
@@ -155,19 +148,15 @@ struct KItem {
   int64_t bh, seg, j0, j1;
 };
 
-struct Grads {
-  Tensor dq, dk, dv;
-};
-
 template <class T>
-Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const Operand& v, const Tensor& out,
-                      const Tensor& lse_t, const Tensor& g, const std::vector<bool>& need) {
+FusedGrads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const Operand& v, const Tensor& out,
+                           const Tensor& lse_t, const Tensor& g, const std::vector<bool>& need) {
   const flash::Tiles tl = p.tiles;
   flash::g_last_backward_tiles = tl;
   const int64_t bq = tl.bwd_q, bk = tl.bwd_k, dh = p.dh, nseg = int64_t(p.segs.size()), BH = p.B * p.H;
   const int64_t G = BH * nseg;  // groups (bh, segment): the items that add into the same dQ rows
   const DType dt = dtype_of<T>();
-  Grads gr{empty({p.B, p.H, p.Tq, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt)};
+  FusedGrads gr{empty({p.B, p.H, p.Tq, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt)};
   const Operand go(g);
   const T* po = out.data<T>();
   const T* lse = lse_t.data<T>();
@@ -406,22 +395,13 @@ Tensor fused_attention(const OpDef& op, const Tensor& q, const Tensor& k, const 
       forward_kernel<T>(*plan, Operand(q), Operand(k), Operand(v), out.data<T>(), lse.data<T>());
     });
   if (lse_out) *lse_out = lse;
-  if (needs_grad({q, k, v}))
-    record(out, op, {q, k, v},
-           [plan, name, empty_problem, sq = SavedTensor(q, name), sk = SavedTensor(k, name), sv = SavedTensor(v, name),
-            so = SavedTensor(out.detach(), name),
-            sl = SavedTensor(lse, name)](const Tensor& g, const std::vector<bool>& need) {
-             const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get();
-             if (empty_problem)
-               return std::vector<Tensor>{need[0] ? zeros_like(qv) : Tensor(), need[1] ? zeros_like(kv) : Tensor(),
-                                          need[2] ? zeros_like(vv) : Tensor()};
-             Grads gr = dispatch_floating(g.dtype(), name, [&]<class T>() {
-               return backward_kernel<T>(*plan, Operand(qv), Operand(kv), Operand(vv), so.get(), sl.get(),
-                                         g.dtype() == qv.dtype() ? g : g.to(qv.dtype()), need);
-             });
-             return std::vector<Tensor>{need[0] ? gr.dq : Tensor(), need[1] ? gr.dk : Tensor(),
-                                        need[2] ? gr.dv : Tensor()};
-           });
+  record_fused(op, out, q, k, v, lse, empty_problem,
+               [plan, name](const Tensor& qv, const Tensor& kv, const Tensor& vv, const Tensor& o, const Tensor& l,
+                            const Tensor& g, const std::vector<bool>& need) {
+                 return dispatch_floating(g.dtype(), name, [&]<class T>() {
+                   return backward_kernel<T>(*plan, Operand(qv), Operand(kv), Operand(vv), o, l, g, need);
+                 });
+               });
   return out;
 }
 

@@ -39,6 +39,15 @@ Tiles last_backward_tiles();
 // What computes the f32 tile products in this build: "avx512" (the register kernel, when compiled
 // for a CPU with AVX-512) or "blas" (cpu::gemm, the portable path). f64 always uses "blas".
 const char* f32_tile_kernel();
+
+// Forces tile sizes for one scope: the gradcheck cases put tile edges inside a few positions.
+struct ScopedTiles {
+  Tiles saved = tiles();
+  explicit ScopedTiles(const Tiles& t) { set_tiles(t); }
+  ~ScopedTiles() { set_tiles(saved); }
+  ScopedTiles(const ScopedTiles&) = delete;
+  ScopedTiles& operator=(const ScopedTiles&) = delete;
+};
 }  // namespace flash
 
 }  // namespace attnlab

@@ -9,17 +9,10 @@
 namespace attnlab {
 using namespace cases;
 
+using flash::ScopedTiles;
+
 namespace {
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-// Small tiles for the gradcheck cases, so that a few positions span several tiles of uneven size.
-struct ScopedTiles {
-  flash::Tiles saved = flash::tiles();
-  explicit ScopedTiles(const flash::Tiles& t) { flash::set_tiles(t); }
-  ~ScopedTiles() { flash::set_tiles(saved); }
-  ScopedTiles(const ScopedTiles&) = delete;
-  ScopedTiles& operator=(const ScopedTiles&) = delete;
-};
 
 const OpDef kLocalAttention(
     "local_attention",

@@ -15,12 +15,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "attention/attention.h"
 #include "attention/flash.h"
+#include "autograd/node.h"
 #include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/cpu/vmath.h"
@@ -493,6 +495,34 @@ struct Softmax {
     }
   }
 };
+
+// ---- recording a fused op ------------------------------------------------------------------------
+
+struct FusedGrads {
+  Tensor dq, dk, dv;
+};
+// The kernel's backward: q, k, v, the saved output and LSE, and g in q's dtype.
+using FusedBackward = std::function<FusedGrads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                          const Tensor& lse, const Tensor& g, const std::vector<bool>& need)>;
+
+// Records out = op(q, k, v) for the backward, saving q, k, v, out and the LSE; an empty problem has zero
+// gradients.
+inline void record_fused(const OpDef& op, Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& lse, bool empty_problem, FusedBackward backward) {
+  if (!needs_grad({q, k, v})) return;
+  const char* name = op.name.c_str();
+  record(
+      out, op, {q, k, v},
+      [backward = std::move(backward), empty_problem, sq = SavedTensor(q, name), sk = SavedTensor(k, name),
+       sv = SavedTensor(v, name), so = SavedTensor(out.detach(), name),
+       sl = SavedTensor(lse, name)](const Tensor& g, const std::vector<bool>& need) {
+        const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get();
+        FusedGrads gr = empty_problem
+                       ? FusedGrads{zeros_like(qv), zeros_like(kv), zeros_like(vv)}
+                       : backward(qv, kv, vv, so.get(), sl.get(), g.dtype() == qv.dtype() ? g : g.to(qv.dtype()), need);
+        return std::vector<Tensor>{need[0] ? gr.dq : Tensor(), need[1] ? gr.dk : Tensor(), need[2] ? gr.dv : Tensor()};
+      });
+}
 
 inline bool run_parallel(double work) {
   return work >= parallel_work() && omp_get_max_threads() > 1 && !omp_in_parallel();
