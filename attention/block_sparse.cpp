@@ -31,7 +31,7 @@ struct Call {
   Plan plan;
   Call(Layout l, const Tensor& q, const Tensor& k, const AttentionMask& mask, double scale)
       : layout(std::move(l)), plan(q, k, mask, scale, 0, flash::tiles()) {}
-  int64_t key_end(const Entry& e, int64_t i1) const {  // one past the last key rows before i1 may see in e
+  int64_t key_end(const Entry& e, int64_t i1) const {  // one past the last key of e that rows < i1 may see
     const int64_t k0 = layout.k_bounds[size_t(e.block)], k1 = layout.k_bounds[size_t(e.block) + 1];
     return e.mask == BlockMask::causal ? std::clamp(i1 + plan.shift, k0, k1) : k1;
   }
@@ -46,8 +46,10 @@ struct QTile {
 };
 
 // Backward items: a chunk [j0, j1) of one key block (for each batch·head). Chunks are whole key blocks
-// unless there are too few of them to share among threads (then one backward key tile each); the
-// choice depends on the shapes only, never on the thread count. An item writes dK and dV of its keys
+// unless there are too few of them to share among threads; then a key block is cut into at most
+// kMaxCuts chunks of whole backward key tiles (each chunk's dQ contribution takes a slot, so the cap
+// bounds the slots at kMaxCuts times the rows reading the block). The choice depends on the shapes
+// only, never on the thread count. An item writes dK and dV of its keys
 // and, for each entry reading its key block, that entry's dQ contribution: straight into dQ when the
 // query block has no other contributor (block-local), else into a slot of its own. Slots are summed
 // afterwards in entry order, then chunk order: every element has one writer and a fixed summation order.
@@ -55,7 +57,7 @@ struct KChunk {
   int64_t kblock, j0, j1, index;  // index: the chunk's rank within its key block
 };
 
-constexpr int64_t kMinChunks = 64;
+constexpr int64_t kMinChunks = 64, kMaxCuts = 8;
 
 struct Schedule {
   std::vector<QTile> qtiles;
@@ -84,7 +86,9 @@ struct Schedule {
     chunks_of.assign(size_t(nk), 0);
     for (int64_t j = 0; j < nk; ++j) {
       const int64_t k0 = L.k_bounds[size_t(j)], k1 = L.k_bounds[size_t(j) + 1];
-      const int64_t step = split ? t.bwd_k : std::max<int64_t>(k1 - k0, 1);
+      const int64_t key_tiles = (k1 - k0 + t.bwd_k - 1) / t.bwd_k;
+      const int64_t step =
+          split ? t.bwd_k * std::max<int64_t>(1, (key_tiles + kMaxCuts - 1) / kMaxCuts) : std::max<int64_t>(k1 - k0, 1);
       for (int64_t j0 = k0; j0 < k1 || (j0 == k0 && k0 == k1); j0 += step) {
         chunks.push_back({j, j0, std::min(j0 + step, k1), chunks_of[size_t(j)]++});
         if (k0 == k1) break;

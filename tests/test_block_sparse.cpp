@@ -148,6 +148,9 @@ TEST_CASE("block-sparse attention matches the dense masked composite on every ki
     check_layout(causal_blocks(14, 4), 1, 2, 4, false, 70);
     check_layout(causal_blocks(14, 5), 2, 1, 3, true, 80);
   }
+  SUBCASE("one block (plain attention): its 20 backward key tiles cut into 7 chunks of 3") {
+    check_layout(block_sparse::local_layout(40, 40, 64, false), 1, 1, 4, true, 85, {{4, 4, 4, 2}});
+  }
   SUBCASE("large enough that backward chunks are whole key blocks") {
     check_layout(causal_blocks(300, 37), 2, 4, 8, true, 90, {{}, {16, 32, 16, 16}});
   }
