@@ -30,7 +30,7 @@ struct Call {
   Layout layout;
   Plan plan;
   Call(Layout l, const Tensor& q, const Tensor& k, const AttentionMask& mask, double scale)
-      : layout(std::move(l)), plan(q, k, mask, scale, 0, flash::tiles()) {}
+      : layout(std::move(l)), plan(q, k, mask, scale, flash::tiles()) {}
   int64_t key_end(const Entry& e, int64_t i1) const {  // one past the last key of e that rows < i1 may see
     const int64_t k0 = layout.k_bounds[size_t(e.block)], k1 = layout.k_bounds[size_t(e.block) + 1];
     return e.mask == BlockMask::causal ? std::clamp(i1 + plan.shift, k0, k1) : k1;

@@ -13,9 +13,11 @@
 // split statically by cost and a group cut between threads sums per-thread buffers in thread order.
 // Either way the result does not depend on scheduling.
 //
-// "Segments" make block-local attention the same code: a segment is a rectangle of queries
-// [q0, q1) × keys [k0, k1) outside of which everything is masked; global attention is one segment,
-// block-local attention one per block.
+// The loops run over "segments", rectangles of queries [q0, q1) × keys [k0, k1); global attention is
+// one. Block-local attention, which used one per block, is a client of the block-sparse engine now
+// (attention/block_sparse.h): a global layout would be one key block per head there, and this kernel's
+// backward splits a head's key tiles among threads with per-thread dQ buffers, which the engine's
+// schedule does not (docs/block-sparse.md).
 //
 // Tile products (attention/tiles.h): f32 with AVX-512 uses a register-blocked kernel (no per-call
 // packing: Kᵀ and Vᵀ are packed once per head or key tile), ~1.3x faster end to end than cblas on the
@@ -380,10 +382,10 @@ FusedGrads backward_kernel(const Plan& p, const Operand& q, const Operand& k, co
 // ---- the op ------------------------------------------------------------------------------------
 
 Tensor fused_attention(const OpDef& op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                       double scale, int64_t block, Tensor* lse_out) {
+                       double scale, Tensor* lse_out) {
   const char* name = op.name.c_str();
   check_fused_inputs(name, q, k, v, mask, scale);
-  auto plan = std::make_shared<const Plan>(q, k, mask, scale, block, effective_tiles());
+  auto plan = std::make_shared<const Plan>(q, k, mask, scale, effective_tiles());
   const DType dt = q.dtype();
   const bool empty_problem = q.numel() == 0 || k.numel() == 0;
   // Every row is written by the kernel; an empty problem is zeros (and the LSE of nothing).
@@ -464,7 +466,7 @@ static const OpDef kFlashAttention(
 
 Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                        Tensor* lse_out) {
-  return fused_attention(kFlashAttention, q, k, v, mask, scale, 0, lse_out);
+  return fused_attention(kFlashAttention, q, k, v, mask, scale, lse_out);
 }
 
 }  // namespace attnlab

@@ -12,8 +12,6 @@ using namespace cases;
 using flash::ScopedTiles;
 
 namespace {
-int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
 const OpDef kLocalAttention(
     "local_attention",
     "block_sparse_attention's on the block-local layout: dV = Pᵀ g, dS = P∘(g Vᵀ - D), dQ = scale dS K, dK = scale "
@@ -54,12 +52,7 @@ Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, const 
 
 Tensor local_block_mask(int64_t tq, int64_t tk, int64_t block) {
   if (block <= 0) fail<ValueError>("local_block_mask", "block must be positive, got ", block);
-  Tensor m = empty({tq, tk}, DType::b8);
-  uint8_t* p = m.data<uint8_t>();
-  const int64_t shift = tk - tq;  // queries align with the last tq keys
-  for (int64_t i = 0; i < tq; ++i)
-    for (int64_t j = 0; j < tk; ++j) p[i * tk + j] = floor_div(i + shift, block) != j / block;
-  return m;
+  return block_sparse::dense_mask(block_sparse::local_layout(tq, tk, block, false));
 }
 
 Tensor local_attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,

@@ -1,6 +1,6 @@
-// The pieces of the tiled attention kernels that every fused method shares (flash softmax and
-// block-local attention, entmax attention, ...): the plan of a call (shapes, causal and padding masks
-// per tile, block-local segments), tile products (an AVX-512 register kernel for f32, cblas
+// The pieces of the tiled attention kernels that every fused method shares (flash softmax, the
+// block-sparse engine, entmax attention, ...): the plan of a call (shapes, causal and padding masks
+// per tile), the softmax normaliser, recording a fused op, tile products (an AVX-512 register kernel for f32, cblas
 // otherwise), row-contiguous operands with packed transposes, and vectorised row loops. Internal to
 // attention/*.cpp: not a public API.
 #pragma once
@@ -50,6 +50,8 @@ inline constexpr int kLanes = 64 / int(sizeof(T));
 
 // ---- plan: shapes, segments, masks -------------------------------------------------------------
 
+// A rectangle of queries × keys: flash_attention's kernel runs one, the whole problem (block-local
+// attention, which used one per block, now runs on the block-sparse engine's layouts).
 struct Segment {
   int64_t q0, q1, k0, k1;  // queries [q0, q1) see only keys [k0, k1)
 };
@@ -59,8 +61,6 @@ struct TileMask {
   bool causal_partial = false;  // some pairs lie above the causal diagonal
   bool pad_partial = false;     // some keys are padded
 };
-
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 struct Plan {
   int64_t B = 0, H = 0, Tq = 0, Tk = 0, dh = 0;
@@ -74,7 +74,7 @@ struct Plan {
   Tensor pad;                      // b8 [B, Tk], contiguous; undefined without key padding
   std::vector<int64_t> pad_count;  // [B, Tk + 1]: padded keys before each position
 
-  Plan(const Tensor& q, const Tensor& k, const AttentionMask& mask, double s, int64_t block, const flash::Tiles& t)
+  Plan(const Tensor& q, const Tensor& k, const AttentionMask& mask, double s, const flash::Tiles& t)
       : B(q.size(0)),
         H(q.size(1)),
         Tq(q.size(2)),
@@ -83,16 +83,8 @@ struct Plan {
         shift(Tk - Tq),
         causal(mask.causal),
         scale(s),
-        tiles(t) {
-    if (block <= 0) {
-      segs.push_back({0, Tq, 0, Tk});
-    } else if (Tq > 0) {
-      for (int64_t c = floor_div(shift, block); c <= floor_div(Tq - 1 + shift, block); ++c) {
-        const int64_t k0 = std::clamp<int64_t>(c * block, 0, Tk);
-        segs.push_back({std::max<int64_t>(0, c * block - shift), std::min(Tq, (c + 1) * block - shift), k0,
-                        std::clamp<int64_t>((c + 1) * block, k0, Tk)});
-      }
-    }
+        tiles(t),
+        segs{{0, Tq, 0, Tk}} {
     if (mask.key_padding.defined()) {
       pad = mask.key_padding.contiguous();
       const uint8_t* p = pad.data<uint8_t>();

@@ -125,12 +125,19 @@ TEST_CASE("a layout validates its lists and builds the transposed ones") {
         }).find("block_sparse_attention") != std::string::npos);
 }
 
-TEST_CASE("the block-local layout is the local block mask") {
-  for (auto [tq, tk, block] : std::vector<std::array<int64_t, 3>>{{8, 8, 3}, {4, 7, 3}, {7, 4, 3}, {5, 5, 8}}) {
-    INFO(tq, " ", tk, " ", block);
-    Layout L = block_sparse::local_layout(tq, tk, block, false);
-    CHECK(identical(block_sparse::dense_mask(L).to(DType::f64), local_block_mask(tq, tk, block).to(DType::f64)));
-  }
+TEST_CASE("the block-local layout: query i sees key j iff they share a block (i at key position i + Tk - Tq)") {
+  for (auto [tq, tk, block] : std::vector<std::array<int64_t, 3>>{{8, 8, 3}, {4, 7, 3}, {7, 4, 3}, {5, 5, 8}})
+    for (bool causal : {false, true}) {
+      INFO(tq, " ", tk, " ", block, " causal ", causal);
+      Tensor m = block_sparse::dense_mask(block_sparse::local_layout(tq, tk, block, causal));
+      std::vector<double> want;
+      for (int64_t i = 0; i < tq; ++i)
+        for (int64_t j = 0; j < tk; ++j) {
+          const int64_t pos = i + tk - tq, qblock = pos >= 0 ? pos / block : -1;
+          want.push_back(qblock != j / block || (causal && j > pos) ? 1.0 : 0.0);
+        }
+      CHECK(m.to(DType::f64).to_vector<double>() == want);
+    }
 }
 
 TEST_CASE("block-sparse attention matches the dense masked composite on every kind of layout") {
