@@ -151,6 +151,14 @@ TEST_CASE("block-sparse attention matches the dense masked composite on every ki
     check_layout(irregular(), 2, 2, 3, false, 50);
     check_layout(irregular(), 2, 1, 4, true, 60);
   }
+  SUBCASE("empty blocks (repeated bounds) on both sides") {
+    const Layout L = Layout::make({0, 2, 2, 5, 6}, {0, 3, 3, 5},
+                                  {{{1, Source::keys, F}, {0, Source::keys, F}},
+                                   {{2, Source::keys, F}},
+                                   {{2, Source::keys, C}, {1, Source::keys, F}},
+                                   {{1, Source::keys, F}}});  // the last query reads only an empty block
+    check_layout(L, 1, 2, 3, true, 65);
+  }
   SUBCASE("causal blocks, diagonal listed first") {
     check_layout(causal_blocks(14, 4), 1, 2, 4, false, 70);
     check_layout(causal_blocks(14, 5), 2, 1, 3, true, 80);
