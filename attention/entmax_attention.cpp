@@ -588,7 +588,7 @@ Tensor entmax_attention(const Tensor& q, const Tensor& k, const Tensor& v, const
   setup->map = map_of(alpha);
   setup->alpha = alpha.per_head.defined() ? alpha.per_head.to_vector<double>()
                                           : std::vector<double>(size_t(q.size(1)), alpha.value);
-  auto plan = std::make_shared<const Plan>(q, k, mask, scale, 0, flash::Tiles{tl.q, tl.k, tl.q, tl.k});
+  auto plan = std::make_shared<const Plan>(q, k, mask, scale, flash::Tiles{tl.q, tl.k, tl.q, tl.k});
   setup->nqt = (plan->Tq + tl.q - 1) / tl.q;
   setup->nkt = (plan->Tk + tl.k - 1) / tl.k;
   const DType dt = q.dtype();

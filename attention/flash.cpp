@@ -13,9 +13,11 @@
 // split statically by cost and a group cut between threads sums per-thread buffers in thread order.
 // Either way the result does not depend on scheduling.
 //
-// "Segments" make block-local attention the same code: a segment is a rectangle of queries
-// [q0, q1) × keys [k0, k1) outside of which everything is masked; global attention is one segment,
-// block-local attention one per block.
+// The loops run over "segments", rectangles of queries [q0, q1) × keys [k0, k1); global attention is
+// one. Block-local attention, which used one per block, is a client of the block-sparse engine now
+// (attention/block_sparse.h): a global layout would be one key block per head there, and this kernel's
+// backward splits a head's key tiles among threads with per-thread dQ buffers, which the engine's
+// schedule does not (docs/block-sparse.md).
 //
 // Tile products (attention/tiles.h): f32 with AVX-512 uses a register-blocked kernel (no per-call
 // packing: Kᵀ and Vᵀ are packed once per head or key tile), ~1.3x faster end to end than cblas on the
@@ -36,6 +38,8 @@ namespace attnlab {
 using namespace cases;
 
 // ---- tile configuration ----------------------------------------------------------------------
+
+using flash::ScopedTiles;
 
 namespace {
 constexpr flash::Tiles kDefaultTiles{64, 1024, 64, 128};
@@ -60,15 +64,6 @@ const char* f32_tile_kernel() { return ATTNLAB_FLASH_AVX512 ? "avx512" : "blas";
 }  // namespace flash
 
 namespace {
-
-// Small tiles for the gradcheck cases, so that a few positions span several tiles of uneven size.
-struct ScopedTiles {
-  flash::Tiles saved = g_tiles;
-  explicit ScopedTiles(const flash::Tiles& t) { g_tiles = t; }
-  ~ScopedTiles() { g_tiles = saved; }
-  ScopedTiles(const ScopedTiles&) = delete;
-  ScopedTiles& operator=(const ScopedTiles&) = delete;
-};
 
 using namespace tiled;
 
@@ -141,34 +136,11 @@ void forward_kernel(const Plan& p, const Operand& q, const Operand& k, const Ope
       }
       tile_gemm(mi, nj, dh, scale, qi, kjt, T(0), S, bk);  // S = scale Q_i K_jᵀ
       p.apply_mask(S, bk, b, t.i0, mi, j0, nj, mk);
-      for (int64_t r = 0; r < mi; ++r) {
-        T* srow = S + r * bk;
-        const T mnew = std::max(m[r], row_max(srow, nj));
-        // Nothing visible yet (mnew = -inf): subtract 0, so exp(-inf) = 0, not NaN. A +inf or NaN score
-        // is kept: exp(inf - inf) and exp(NaN) make l NaN, and NaN reaches the output.
-        const T mu = mnew == ninf ? T(0) : mnew;
-        const T alpha = cpu::exp_fast(T(m[r] - mu));
-        l[r] = l[r] * alpha + exp_row(srow, nj, mu);
-        m[r] = mnew;
-        if (!first && alpha != T(1)) scale_row(o + r * dh, dh, alpha);
-      }
+      Softmax::absorb(S, bk, mi, nj, m, l, o, dh, first);
       tile_gemm(mi, dh, nj, T(1), Mat<T>{S, bk, 1}, v.rows<T>(b, h, j0), first ? T(0) : T(1), o, dh);  // O_i += P V_j
       first = false;
     }
-    if (first) std::fill(o, o + mi * dh, T(0));  // no visible key at all
-    T* lrow = lse + bh * p.Tq + t.i0;
-    for (int64_t r = 0; r < mi; ++r) {
-      // Only a row with no visible score (m = -inf and l = 0) is fully masked. A NaN score is skipped
-      // by the max but not by l (exp(NaN) = NaN), so l = NaN divides the row: NaN in gives NaN out,
-      // as on the composite path, even when every score of the row is NaN.
-      if (m[r] != ninf || l[r] != T(0)) {
-        scale_row(o + r * dh, dh, T(1) / l[r]);
-        lrow[r] = m[r] + std::log(l[r]);
-      } else {  // a fully masked row: zero output, LSE of nothing
-        std::fill(o + r * dh, o + (r + 1) * dh, T(0));
-        lrow[r] = ninf;
-      }
-    }
+    Softmax::finish(o, dh, mi, m, l, lse + bh * p.Tq + t.i0, !first);
   }
 }
 
@@ -178,19 +150,15 @@ struct KItem {
   int64_t bh, seg, j0, j1;
 };
 
-struct Grads {
-  Tensor dq, dk, dv;
-};
-
 template <class T>
-Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const Operand& v, const Tensor& out,
-                      const Tensor& lse_t, const Tensor& g, const std::vector<bool>& need) {
+FusedGrads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const Operand& v, const Tensor& out,
+                           const Tensor& lse_t, const Tensor& g, const std::vector<bool>& need) {
   const flash::Tiles tl = p.tiles;
   flash::g_last_backward_tiles = tl;
   const int64_t bq = tl.bwd_q, bk = tl.bwd_k, dh = p.dh, nseg = int64_t(p.segs.size()), BH = p.B * p.H;
   const int64_t G = BH * nseg;  // groups (bh, segment): the items that add into the same dQ rows
   const DType dt = dtype_of<T>();
-  Grads gr{empty({p.B, p.H, p.Tq, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt)};
+  FusedGrads gr{empty({p.B, p.H, p.Tq, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt), empty({p.B, p.H, p.Tk, dh}, dt)};
   const Operand go(g);
   const T* po = out.data<T>();
   const T* lse = lse_t.data<T>();
@@ -247,7 +215,7 @@ Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const O
   const int64_t per_thread = 2 * bq * bk + 2 * packed + max_rows;
   Tensor scratch = empty({nt, per_thread}, dt);
   T* scratch0 = scratch.data<T>();
-  const T scale = T(p.scale), pinf = std::numeric_limits<T>::infinity();
+  const T scale = T(p.scale);
 
   // One key tile against every query tile of its segment; dq_rows is the segment's first dQ row and
   // q_written[t] says whether its query tile t already holds a partial sum (else beta = 0 writes it).
@@ -275,25 +243,14 @@ Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const O
       const Mat<T> qi = q.rows<T>(b, h, i0), gi = go.rows<T>(b, h, i0);
       tile_gemm(mi, nj, dh, scale, qi, kjt, T(0), P, bk);  // S = scale Q_i K_jᵀ
       p.apply_mask(P, bk, b, i0, mi, it.j0, nj, mk);
-      const T* lrow = lse + it.bh * p.Tq + i0;
-      for (int64_t r = 0; r < mi; ++r) {
-        const T le = std::isinf(lrow[r]) && lrow[r] < 0 ? pinf : lrow[r];  // fully masked row: P = 0
-        exp_row(P + r * bk, nj, le);
-      }
+      Softmax::weights(P, bk, mi, nj, lse + it.bh * p.Tq + i0);
       const Mat<T> Pt{P, 1, bk}, dSt{dP, 1, bk};
       const T beta_kv = kv_written ? T(1) : T(0);
       kv_written = true;
       if (need[2]) tile_gemm(nj, dh, mi, T(1), Pt, gi, beta_kv, dv_rows, dh);  // dV_j += Pᵀ dO_i
       if (!need[0] && !need[1]) continue;
       tile_gemm(mi, nj, dh, T(1), gi, vjt, T(0), dP, bk);  // dP = dO_i V_jᵀ
-      const T* Drow = D + (i0 - seg.q0);
-      for (int64_t r = 0; r < mi; ++r) {
-        const T* prow = P + r * bk;
-        T* drow = dP + r * bk;
-        const T Dr = Drow[r];
-#pragma omp simd simdlen(kLanes <T>)
-        for (int64_t c = 0; c < nj; ++c) drow[c] = prow[c] * (drow[c] - Dr);  // dS = P ∘ (dP - D)
-      }
+      Softmax::dscores(P, dP, bk, mi, nj, D + (i0 - seg.q0));
       if (need[1]) tile_gemm(nj, dh, mi, scale, dSt, qi, beta_kv, dk_rows, dh);  // dK_j += scale dSᵀ Q_i
       if (need[0]) {                                                             // dQ_i += scale dS K_j
         char& written = q_written[(i0 - seg.q0) / bq];
@@ -315,16 +272,7 @@ Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const O
     const int64_t bh = gi / nseg, b = bh / p.H, h = bh % p.H, gs = go.sc;
     T* D = P + 2 * bq * bk + 2 * packed;
     for (int64_t i = seg.q0; i < seg.q1; ++i) {
-      const T* grow = go.at<T>(b, h, i);
-      const T* orow = po + (bh * p.Tq + i) * dh;
-      double acc = 0;
-      if (gs == 1) {
-#pragma omp simd reduction(+ : acc)
-        for (int64_t d = 0; d < dh; ++d) acc += double(grow[d]) * double(orow[d]);
-      } else {
-        for (int64_t d = 0; d < dh; ++d) acc += double(grow[d * gs]) * double(orow[d]);
-      }
-      D[i - seg.q0] = T(acc);
+      D[i - seg.q0] = Softmax::row_term(go.at<T>(b, h, i), gs, po + (bh * p.Tq + i) * dh, dh);
     }
   };
   // dQ rows of a group (or of a thread's share of it) that no item wrote are zero.
@@ -434,10 +382,10 @@ Grads backward_kernel(const Plan& p, const Operand& q, const Operand& k, const O
 // ---- the op ------------------------------------------------------------------------------------
 
 Tensor fused_attention(const OpDef& op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask,
-                       double scale, int64_t block, Tensor* lse_out) {
+                       double scale, Tensor* lse_out) {
   const char* name = op.name.c_str();
   check_fused_inputs(name, q, k, v, mask, scale);
-  auto plan = std::make_shared<const Plan>(q, k, mask, scale, block, effective_tiles());
+  auto plan = std::make_shared<const Plan>(q, k, mask, scale, effective_tiles());
   const DType dt = q.dtype();
   const bool empty_problem = q.numel() == 0 || k.numel() == 0;
   // Every row is written by the kernel; an empty problem is zeros (and the LSE of nothing).
@@ -449,22 +397,13 @@ Tensor fused_attention(const OpDef& op, const Tensor& q, const Tensor& k, const 
       forward_kernel<T>(*plan, Operand(q), Operand(k), Operand(v), out.data<T>(), lse.data<T>());
     });
   if (lse_out) *lse_out = lse;
-  if (needs_grad({q, k, v}))
-    record(out, op, {q, k, v},
-           [plan, name, empty_problem, sq = SavedTensor(q, name), sk = SavedTensor(k, name), sv = SavedTensor(v, name),
-            so = SavedTensor(out.detach(), name),
-            sl = SavedTensor(lse, name)](const Tensor& g, const std::vector<bool>& need) {
-             const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get();
-             if (empty_problem)
-               return std::vector<Tensor>{need[0] ? zeros_like(qv) : Tensor(), need[1] ? zeros_like(kv) : Tensor(),
-                                          need[2] ? zeros_like(vv) : Tensor()};
-             Grads gr = dispatch_floating(g.dtype(), name, [&]<class T>() {
-               return backward_kernel<T>(*plan, Operand(qv), Operand(kv), Operand(vv), so.get(), sl.get(),
-                                         g.dtype() == qv.dtype() ? g : g.to(qv.dtype()), need);
-             });
-             return std::vector<Tensor>{need[0] ? gr.dq : Tensor(), need[1] ? gr.dk : Tensor(),
-                                        need[2] ? gr.dv : Tensor()};
-           });
+  record_fused(op, out, q, k, v, lse, empty_problem,
+               [plan, name](const Tensor& qv, const Tensor& kv, const Tensor& vv, const Tensor& o, const Tensor& l,
+                            const Tensor& g, const std::vector<bool>& need) {
+                 return dispatch_floating(g.dtype(), name, [&]<class T>() {
+                   return backward_kernel<T>(*plan, Operand(qv), Operand(kv), Operand(vv), o, l, g, need);
+                 });
+               });
   return out;
 }
 
@@ -523,43 +462,11 @@ static const OpDef kFlashAttention(
         return flash_attention(in[0], in[1], in[2], {}, 0.9);
       }}});
 
-static const OpDef kLocalAttention(
-    "local_attention",
-    "flash_attention's, within each block: dV = Pᵀ g, dS = P∘(g Vᵀ - D), dQ = scale dS K, dK = scale dSᵀ Q",
-    {{"block 3 on T 8 (short last block), tiles 2x2",
-      [](Generator& g) {
-        return Inputs{rn(g, {1, 2, 8, 3}), rn(g, {1, 2, 8, 3}), rn(g, {1, 2, 8, 3})};
-      },
-      [](const Inputs& in) {
-        ScopedTiles st({2, 2, 2, 2});
-        return local_attention(in[0], in[1], in[2], {}, 3, 0.6);
-      }},
-     {"block 4, causal + key padding, tiles 3x3",
-      [](Generator& g) {
-        return Inputs{rn(g, {2, 1, 7, 2}), rn(g, {2, 1, 7, 2}), rn(g, {2, 1, 7, 2}),
-                      padding_mask({0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0}, 2, 7)};
-      },
-      [](const Inputs& in) {
-        ScopedTiles st({3, 3, 3, 3});
-        return local_attention(in[0], in[1], in[2], {true, in[3]}, 4, 0.8);
-      }},
-     {"block 3, Tq 4 < Tk 7, non-contiguous inputs",
-      [](Generator& g) {
-        return Inputs{rn_t(g, {1, 1, 4, 3}), rn(g, {1, 7, 1, 3}).permute({0, 2, 1, 3}), rn_t(g, {1, 1, 7, 3})};
-      },
-      [](const Inputs& in) { return local_attention(in[0], in[1], in[2], {}, 3, 0.7); }}});
-
 }  // namespace
 
 Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                        Tensor* lse_out) {
-  return fused_attention(kFlashAttention, q, k, v, mask, scale, 0, lse_out);
-}
-
-Tensor local_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, int64_t block,
-                       double scale, Tensor* lse_out) {
-  if (block <= 0) fail<ValueError>("local_attention", "block must be positive, got ", block);
-  return fused_attention(kLocalAttention, q, k, v, mask, scale, block, lse_out);
+  return fused_attention(kFlashAttention, q, k, v, mask, scale, lse_out);
 }
 
 }  // namespace attnlab

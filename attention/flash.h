@@ -17,7 +17,8 @@ namespace attnlab {
 Tensor flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
                        Tensor* lse_out = nullptr);
 
-// Block-local attention through the same kernels: the sequence is cut into non-overlapping blocks
+// Block-local attention (defined in attention/local.cpp, on the block-sparse engine of
+// attention/block_sparse.h): the sequence is cut into non-overlapping blocks
 // of `block` positions and a query sees only the keys of its own block (plus mask.causal inside it
 // and mask.key_padding). Positions as for causal: query i sits at key position i + Tk - Tq. The
 // last block may be shorter.
@@ -38,6 +39,15 @@ Tiles last_backward_tiles();
 // What computes the f32 tile products in this build: "avx512" (the register kernel, when compiled
 // for a CPU with AVX-512) or "blas" (cpu::gemm, the portable path). f64 always uses "blas".
 const char* f32_tile_kernel();
+
+// Forces tile sizes for one scope: the gradcheck cases put tile edges inside a few positions.
+struct ScopedTiles {
+  Tiles saved = tiles();
+  explicit ScopedTiles(const Tiles& t) { set_tiles(t); }
+  ~ScopedTiles() { set_tiles(saved); }
+  ScopedTiles(const ScopedTiles&) = delete;
+  ScopedTiles& operator=(const ScopedTiles&) = delete;
+};
 }  // namespace flash
 
 }  // namespace attnlab

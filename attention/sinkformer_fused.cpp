@@ -30,6 +30,8 @@
 namespace attnlab {
 using namespace cases;
 
+using flash::ScopedTiles;
+
 namespace {
 using namespace tiled;
 using sinkformer::kOp;
@@ -590,15 +592,6 @@ Tensor fused_sinkformer(const OpDef& op, const Tensor& q, const Tensor& k, const
 }
 
 // ---- registration --------------------------------------------------------------------------------
-
-// Tiles forced for one scope (gradcheck cases: many small tiles on small inputs).
-struct ScopedTiles {
-  flash::Tiles saved = flash::tiles();
-  explicit ScopedTiles(const flash::Tiles& t) { flash::set_tiles(t); }
-  ~ScopedTiles() { flash::set_tiles(saved); }
-  ScopedTiles(const ScopedTiles&) = delete;
-  ScopedTiles& operator=(const ScopedTiles&) = delete;
-};
 
 Tensor padding_mask(std::vector<double> v, int64_t B, int64_t T) { return from_vector(v, {B, T}, DType::b8); }
 

@@ -1,6 +1,6 @@
-// The pieces of the tiled attention kernels that every fused method shares (flash softmax and
-// block-local attention, entmax attention, ...): the plan of a call (shapes, causal and padding masks
-// per tile, block-local segments), tile products (an AVX-512 register kernel for f32, cblas
+// The pieces of the tiled attention kernels that every fused method shares (flash softmax, the
+// block-sparse engine, entmax attention, ...): the plan of a call (shapes, causal and padding masks
+// per tile), the softmax normaliser, recording a fused op, tile products (an AVX-512 register kernel for f32, cblas
 // otherwise), row-contiguous operands with packed transposes, and vectorised row loops. Internal to
 // attention/*.cpp: not a public API.
 #pragma once
@@ -15,12 +15,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "attention/attention.h"
 #include "attention/flash.h"
+#include "autograd/node.h"
 #include "core/cpu/blas.h"
 #include "core/cpu/loops.h"
 #include "core/cpu/vmath.h"
@@ -48,6 +50,8 @@ inline constexpr int kLanes = 64 / int(sizeof(T));
 
 // ---- plan: shapes, segments, masks -------------------------------------------------------------
 
+// A rectangle of queries × keys: flash_attention's kernel runs one, the whole problem (block-local
+// attention, which used one per block, now runs on the block-sparse engine's layouts).
 struct Segment {
   int64_t q0, q1, k0, k1;  // queries [q0, q1) see only keys [k0, k1)
 };
@@ -57,8 +61,6 @@ struct TileMask {
   bool causal_partial = false;  // some pairs lie above the causal diagonal
   bool pad_partial = false;     // some keys are padded
 };
-
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 struct Plan {
   int64_t B = 0, H = 0, Tq = 0, Tk = 0, dh = 0;
@@ -72,7 +74,7 @@ struct Plan {
   Tensor pad;                      // b8 [B, Tk], contiguous; undefined without key padding
   std::vector<int64_t> pad_count;  // [B, Tk + 1]: padded keys before each position
 
-  Plan(const Tensor& q, const Tensor& k, const AttentionMask& mask, double s, int64_t block, const flash::Tiles& t)
+  Plan(const Tensor& q, const Tensor& k, const AttentionMask& mask, double s, const flash::Tiles& t)
       : B(q.size(0)),
         H(q.size(1)),
         Tq(q.size(2)),
@@ -81,16 +83,8 @@ struct Plan {
         shift(Tk - Tq),
         causal(mask.causal),
         scale(s),
-        tiles(t) {
-    if (block <= 0) {
-      segs.push_back({0, Tq, 0, Tk});
-    } else if (Tq > 0) {
-      for (int64_t c = floor_div(shift, block); c <= floor_div(Tq - 1 + shift, block); ++c) {
-        const int64_t k0 = std::clamp<int64_t>(c * block, 0, Tk);
-        segs.push_back({std::max<int64_t>(0, c * block - shift), std::min(Tq, (c + 1) * block - shift), k0,
-                        std::clamp<int64_t>((c + 1) * block, k0, Tk)});
-      }
-    }
+        tiles(t),
+        segs{{0, Tq, 0, Tk}} {
     if (mask.key_padding.defined()) {
       pad = mask.key_padding.contiguous();
       const uint8_t* p = pad.data<uint8_t>();
@@ -105,8 +99,12 @@ struct Plan {
   int64_t key_end(const Segment& s, int64_t i1) const { return causal ? std::clamp(i1 + shift, s.k0, s.k1) : s.k1; }
 
   TileMask classify(int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1) const {
+    return classify(b, i0, i1, j0, j1, causal);
+  }
+  // The same with the causal rule given per tile (a block-sparse layout marks its diagonal blocks).
+  TileMask classify(int64_t b, int64_t i0, int64_t i1, int64_t j0, int64_t j1, bool causal_tile) const {
     TileMask m;
-    if (causal) {
+    if (causal_tile) {
       if (j0 > i1 - 1 + shift) m.skip = true;
       m.causal_partial = j1 - 1 > i0 + shift;
     }
@@ -414,6 +412,108 @@ template <class T>
 void scale_row(T* x, int64_t n, T a) {
 #pragma omp simd simdlen(kLanes <T>)
   for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+// ---- the normaliser -------------------------------------------------------------------------
+
+// What the tile loops ask of a normaliser, so that another one (entmax) can plug in later. Forward:
+// fold a score tile into running per-row statistics, turning it into weights, and finish each row
+// into its output and one saved statistic. Backward: recompute a tile's weights from that statistic,
+// the per-row term D, and dS from dP. Softmax keeps a running max m and sum l, saves LSE = m + log l,
+// and has D = rowsum(dO ∘ O), dS = P ∘ (dP - D).
+struct Softmax {
+  // S (mi × nj, row stride ld) becomes exp(S - m'); l and m are updated and the rows of O (stride dh)
+  // rescaled by e^(m - m'), unless `first` (O not written yet).
+  template <class T>
+  static void absorb(T* S, int64_t ld, int64_t mi, int64_t nj, T* m, T* l, T* o, int64_t dh, bool first) {
+    const T ninf = -std::numeric_limits<T>::infinity();
+    for (int64_t r = 0; r < mi; ++r) {
+      T* srow = S + r * ld;
+      const T mnew = std::max(m[r], row_max(srow, nj));
+      // Nothing visible yet (mnew = -inf): subtract 0, so exp(-inf) = 0, not NaN. A +inf or NaN score
+      // is kept: exp(inf - inf) and exp(NaN) make l NaN, and NaN reaches the output.
+      const T mu = mnew == ninf ? T(0) : mnew;
+      const T alpha = cpu::exp_fast(T(m[r] - mu));
+      l[r] = l[r] * alpha + exp_row(srow, nj, mu);
+      m[r] = mnew;
+      if (!first && alpha != T(1)) scale_row(o + r * dh, dh, alpha);
+    }
+  }
+  // O /= l and LSE = m + log l per row; `visited` false: no key tile was visible at all.
+  template <class T>
+  static void finish(T* o, int64_t dh, int64_t mi, const T* m, const T* l, T* lse, bool visited) {
+    const T ninf = -std::numeric_limits<T>::infinity();
+    if (!visited) std::fill(o, o + mi * dh, T(0));
+    for (int64_t r = 0; r < mi; ++r) {
+      // Only a row with no visible score (m = -inf and l = 0) is fully masked. A NaN score is skipped
+      // by the max but not by l (exp(NaN) = NaN), so l = NaN divides the row: NaN in gives NaN out,
+      // as on the composite path, even when every score of the row is NaN.
+      if (m[r] != ninf || l[r] != T(0)) {
+        scale_row(o + r * dh, dh, T(1) / l[r]);
+        lse[r] = m[r] + std::log(l[r]);
+      } else {  // a fully masked row: zero output, LSE of nothing
+        std::fill(o + r * dh, o + (r + 1) * dh, T(0));
+        lse[r] = ninf;
+      }
+    }
+  }
+  // S becomes P = exp(S - LSE); a fully masked row (LSE = -inf) gives P = 0.
+  template <class T>
+  static void weights(T* S, int64_t ld, int64_t mi, int64_t nj, const T* lse) {
+    const T pinf = std::numeric_limits<T>::infinity();
+    for (int64_t r = 0; r < mi; ++r) exp_row(S + r * ld, nj, std::isinf(lse[r]) && lse[r] < 0 ? pinf : lse[r]);
+  }
+  // D of one row: rowsum(dO ∘ O), dO with element stride gs, accumulated in double.
+  template <class T>
+  static T row_term(const T* g, int64_t gs, const T* o, int64_t dh) {
+    double acc = 0;
+    if (gs == 1) {
+#pragma omp simd reduction(+ : acc)
+      for (int64_t d = 0; d < dh; ++d) acc += double(g[d]) * double(o[d]);
+    } else {
+      for (int64_t d = 0; d < dh; ++d) acc += double(g[d * gs]) * double(o[d]);
+    }
+    return T(acc);
+  }
+  // dP (same layout as P) becomes dS = P ∘ (dP - D).
+  template <class T>
+  static void dscores(const T* P, T* dP, int64_t ld, int64_t mi, int64_t nj, const T* D) {
+    for (int64_t r = 0; r < mi; ++r) {
+      const T* prow = P + r * ld;
+      T* drow = dP + r * ld;
+      const T Dr = D[r];
+#pragma omp simd simdlen(kLanes <T>)
+      for (int64_t c = 0; c < nj; ++c) drow[c] = prow[c] * (drow[c] - Dr);
+    }
+  }
+};
+
+// ---- recording a fused op ------------------------------------------------------------------------
+
+struct FusedGrads {
+  Tensor dq, dk, dv;
+};
+// The kernel's backward: q, k, v, the saved output and LSE, and g in q's dtype.
+using FusedBackward = std::function<FusedGrads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                                          const Tensor& lse, const Tensor& g, const std::vector<bool>& need)>;
+
+// Records out = op(q, k, v) for the backward, saving q, k, v, out and the LSE; an empty problem has zero
+// gradients.
+inline void record_fused(const OpDef& op, Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                         const Tensor& lse, bool empty_problem, FusedBackward backward) {
+  if (!needs_grad({q, k, v})) return;
+  const char* name = op.name.c_str();
+  record(
+      out, op, {q, k, v},
+      [backward = std::move(backward), empty_problem, sq = SavedTensor(q, name), sk = SavedTensor(k, name),
+       sv = SavedTensor(v, name), so = SavedTensor(out.detach(), name),
+       sl = SavedTensor(lse, name)](const Tensor& g, const std::vector<bool>& need) {
+        const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get();
+        FusedGrads gr = empty_problem
+                       ? FusedGrads{zeros_like(qv), zeros_like(kv), zeros_like(vv)}
+                       : backward(qv, kv, vv, so.get(), sl.get(), g.dtype() == qv.dtype() ? g : g.to(qv.dtype()), need);
+        return std::vector<Tensor>{need[0] ? gr.dq : Tensor(), need[1] ? gr.dk : Tensor(), need[2] ? gr.dv : Tensor()};
+      });
 }
 
 inline bool run_parallel(double work) {

@@ -29,6 +29,7 @@ struct ThreadCount {
 const std::map<std::string, size_t> kPinnedOps = {
     {"abs", 1},
     {"add", 4},
+    {"block_sparse_attention", 3},
     {"clamp", 1},
     {"concat", 2},
     {"copy", 2},
