@@ -165,15 +165,7 @@ void forward(const Call& c, const Schedule& sc, const Operand& q, const Operand&
     }
     shared_keys = readers > 1;
   }
-  Tensor kt;
-  if constexpr (kRegisterKernel<T>) {
-    if (shared_keys) {
-      kt = empty({BH, dh, p.Tk}, dtype_of<T>());
-      T* pk = kt.data<T>();
-#pragma omp parallel for schedule(static) if (par) num_threads(nthreads)
-      for (int64_t bh = 0; bh < BH; ++bh) k.pack_t<T>(bh / p.H, bh % p.H, 0, p.Tk, pk + bh * dh * p.Tk, p.Tk);
-    }
-  }
+  const Tensor kt = shared_keys ? k.pack_heads_t<T>(p.B, p.H, p.Tk, par) : Tensor();
   const bool pack_tiles = kRegisterKernel<T> && !kt.defined();
   const int64_t per_thread = bq * bk + 2 * bq + (pack_tiles ? dh * bk : 0);
   Tensor scratch = empty({nthreads, per_thread}, dtype_of<T>());

@@ -130,18 +130,6 @@ struct Setup {
   int max_iter = EntmaxBisectOptions{}.max_iter;
 };
 
-// Packs Kᵀ (and Vᵀ) of every head, [BH, dh, Tk], for the f32 register kernel; undefined otherwise.
-template <class T>
-Tensor pack_transposed(const Plan& p, const Operand& x, bool par) {
-  if constexpr (!kRegisterKernel<T>) return Tensor();
-  const int64_t BH = p.B * p.H;
-  Tensor t = empty({BH, p.dh, p.Tk}, dtype_of<T>());
-  T* d = t.data<T>();
-#pragma omp parallel for schedule(static) if (par)
-  for (int64_t bh = 0; bh < BH; ++bh) x.pack_t<T>(bh / p.H, bh % p.H, 0, p.Tk, d + bh * p.dh * p.Tk, p.Tk);
-  return t;
-}
-
 template <class T>
 Mat<T> keys_t(const Plan& p, const Operand& x, const Tensor& packed, int64_t bh, int64_t j0) {
   if (packed.defined()) return {packed.data<T>() + bh * p.dh * p.Tk + j0, p.Tk, 1};
@@ -261,7 +249,7 @@ void forward_kernel(const Plan& p, const Setup& su, const Operand& q, const Oper
   }
   const bool par = run_parallel(work * double(BH));
   const int nthreads = par ? omp_get_max_threads() : 1;
-  const Tensor kt = pack_transposed<T>(p, k, par);
+  const Tensor kt = k.pack_heads_t<T>(p.B, p.H, p.Tk, par);
   // Per thread: the strip of scores, the threshold's scratch row, the P and s tiles, Σ s per row.
   const int64_t ld_strip = std::max<int64_t>(Tk, 1);
   const int64_t per_thread = rows_per_pass * ld_strip + ld_strip + 2 * bq * bk + bq;
@@ -390,7 +378,7 @@ Grads backward_kernel(const Plan& p, const Setup& su, const Operand& q, const Op
   }
   const bool par = run_parallel(total);
   const int nt = par ? omp_get_max_threads() : 1;
-  const Tensor kt = pack_transposed<T>(p, k, par), vt = pack_transposed<T>(p, v, par);
+  const Tensor kt = k.pack_heads_t<T>(p.B, p.H, p.Tk, par), vt = v.pack_heads_t<T>(p.B, p.H, p.Tk, par);
   Tensor part_buf;  // [BH, parts, 2, Tk, dh] when heads are cut
   if (parts > 1) part_buf = zeros({BH, parts, 2, Tk, dh}, dt);
   std::vector<double> dalpha_rows(need_alpha ? size_t(BH * p.Tq) : 0, 0.0);

@@ -93,15 +93,7 @@ void forward_kernel(const Plan& p, const Operand& q, const Operand& k, const Ope
   // pack each tile as it is used instead, saving a pass over K.
   bool shared_keys = false;
   for (const Segment& seg : p.segs) shared_keys = shared_keys || seg.q1 - seg.q0 > bq;
-  Tensor kt;
-  if constexpr (kRegisterKernel<T>) {
-    if (shared_keys) kt = empty({BH, dh, p.Tk}, dtype_of<T>());
-  }
-  if (kt.defined()) {
-    T* pk = kt.data<T>();
-#pragma omp parallel for schedule(static) if (par) num_threads(nthreads)
-    for (int64_t bh = 0; bh < BH; ++bh) k.pack_t<T>(bh / p.H, bh % p.H, 0, p.Tk, pk + bh * dh * p.Tk, p.Tk);
-  }
+  const Tensor kt = shared_keys ? k.pack_heads_t<T>(p.B, p.H, p.Tk, par) : Tensor();
   const T* pkt = kt.defined() ? kt.data<T>() : nullptr;
   const bool pack_tiles = kRegisterKernel<T> && !kt.defined();
   // Score tile, running max, running sum, and a packed K_jᵀ tile when packing per tile.

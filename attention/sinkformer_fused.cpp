@@ -65,16 +65,7 @@ void score_tile(const SinkPlan& p, const Side<T>& s, int64_t bh, int64_t i0, int
 // x's rows transposed once per head, [BH, dh, n] (the register kernel reads B's rows contiguously).
 template <class T>
 Tensor pack_transposed(const SinkPlan& p, const Operand& x, int64_t n) {
-  if constexpr (!kRegisterKernel<T>) {
-    return Tensor();
-  } else {
-    Tensor t = empty({p.BH, p.dh, n}, dtype_of<T>());
-    T* d = t.data<T>();
-    const bool par = run_parallel(double(p.BH * n * p.dh) * 32);
-#pragma omp parallel for schedule(static) if (par)
-    for (int64_t bh = 0; bh < p.BH; ++bh) x.pack_t<T>(bh / p.H, bh % p.H, 0, n, d + bh * p.dh * n, n);
-    return t;
-  }
+  return x.pack_heads_t<T>(p.BH / p.H, p.H, n, run_parallel(double(p.BH * n * p.dh) * 32));
 }
 
 template <class T>
@@ -99,7 +90,7 @@ void for_row_tiles(const SinkPlan& p, const Side<T>& s, int64_t per_thread, doub
 
 template <class T>
 void add_row(T* x, const T* y, int64_t n) {
-#pragma omp simd simdlen(kLanes<T>)
+#pragma omp simd simdlen(kLanes <T>)
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
@@ -260,22 +251,22 @@ void grad_pass(const SinkPlan& p, const Side<T>& s, const std::vector<Term<T>>& 
         for (size_t t = 0; t < nterms; ++t) {
           const Term<T>& tm = terms[t];
           const T* yb = tm.yb + bh * s.ny + j0;
-#pragma omp simd simdlen(kLanes<T>)
+#pragma omp simd simdlen(kLanes <T>)
           for (int64_t c = 0; c < nj; ++c) e[c] = srow[c] + yb[c];
           exp_row(e, nj, T(-tm.xb[bh * s.nx + i0 + r]));
           const T xw = tm.xw ? tm.xw[bh * s.nx + i0 + r] : T(0);
           const T* yw = tm.yw ? tm.yw + bh * s.ny + j0 : nullptr;
           if (t == 0 && yw) {
-#pragma omp simd simdlen(kLanes<T>)
+#pragma omp simd simdlen(kLanes <T>)
             for (int64_t c = 0; c < nj; ++c) drow[c] = e[c] * (drow[c] + xw + yw[c]);
           } else if (t == 0) {
-#pragma omp simd simdlen(kLanes<T>)
+#pragma omp simd simdlen(kLanes <T>)
             for (int64_t c = 0; c < nj; ++c) drow[c] = e[c] * (drow[c] + xw);
           } else if (yw) {
-#pragma omp simd simdlen(kLanes<T>)
+#pragma omp simd simdlen(kLanes <T>)
             for (int64_t c = 0; c < nj; ++c) drow[c] += e[c] * (xw + yw[c]);
           } else {
-#pragma omp simd simdlen(kLanes<T>)
+#pragma omp simd simdlen(kLanes <T>)
             for (int64_t c = 0; c < nj; ++c) drow[c] += e[c] * xw;
           }
         }

@@ -209,8 +209,9 @@ void panel(int64_t m, int64_t kdim, float alpha, const float* a, int64_t ars, in
     break;
     ATTNLAB_FLASH_ROWS(1)
     ATTNLAB_FLASH_ROWS(2)
-    ATTNLAB_FLASH_ROWS(3) ATTNLAB_FLASH_ROWS(4) ATTNLAB_FLASH_ROWS(5) ATTNLAB_FLASH_ROWS(6) ATTNLAB_FLASH_ROWS(7)
-        ATTNLAB_FLASH_ROWS(8) ATTNLAB_FLASH_ROWS(9) ATTNLAB_FLASH_ROWS(10) ATTNLAB_FLASH_ROWS(11) ATTNLAB_FLASH_ROWS(12)
+    ATTNLAB_FLASH_ROWS(3)
+    ATTNLAB_FLASH_ROWS(4) ATTNLAB_FLASH_ROWS(5) ATTNLAB_FLASH_ROWS(6) ATTNLAB_FLASH_ROWS(7) ATTNLAB_FLASH_ROWS(8)
+        ATTNLAB_FLASH_ROWS(9) ATTNLAB_FLASH_ROWS(10) ATTNLAB_FLASH_ROWS(11) ATTNLAB_FLASH_ROWS(12)
             ATTNLAB_FLASH_ROWS(13)
 #undef ATTNLAB_FLASH_ROWS
                 default : break;
@@ -333,6 +334,21 @@ struct Operand {
 #endif
     for (int64_t d = 0; d < dh; ++d)
       for (int64_t j = done; j < n; ++j) dst[d * ld + j] = src[j * sr + d * sc];
+  }
+  // The transposes of rows [0, n) of every head, [B·H, dh, n], for the register kernel (packed once
+  // and shared by every tile that reads them); undefined where tile products go to cblas, which takes
+  // the strided transposes as they are.
+  template <class T>
+  Tensor pack_heads_t(int64_t B, int64_t H, int64_t n, bool par) const {
+    if constexpr (!kRegisterKernel<T>) {
+      return Tensor();
+    } else {
+      Tensor packed = empty({B * H, dh, n}, dtype_of<T>());
+      T* d = packed.data<T>();
+#pragma omp parallel for schedule(static) if (par)
+      for (int64_t bh = 0; bh < B * H; ++bh) pack_t<T>(bh / H, bh % H, 0, n, d + bh * dh * n, n);
+      return packed;
+    }
   }
 };
 
@@ -495,7 +511,7 @@ struct FusedGrads {
 };
 // The kernel's backward: q, k, v, the saved output and LSE, and g in q's dtype.
 using FusedBackward = std::function<FusedGrads(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                                          const Tensor& lse, const Tensor& g, const std::vector<bool>& need)>;
+                                               const Tensor& lse, const Tensor& g, const std::vector<bool>& need)>;
 
 // Records out = op(q, k, v) for the backward, saving q, k, v, out and the LSE; an empty problem has zero
 // gradients.
@@ -509,9 +525,9 @@ inline void record_fused(const OpDef& op, Tensor& out, const Tensor& q, const Te
        sv = SavedTensor(v, name), so = SavedTensor(out.detach(), name),
        sl = SavedTensor(lse, name)](const Tensor& g, const std::vector<bool>& need) {
         const Tensor &qv = sq.get(), &kv = sk.get(), &vv = sv.get();
-        FusedGrads gr = empty_problem
-                       ? FusedGrads{zeros_like(qv), zeros_like(kv), zeros_like(vv)}
-                       : backward(qv, kv, vv, so.get(), sl.get(), g.dtype() == qv.dtype() ? g : g.to(qv.dtype()), need);
+        FusedGrads gr = empty_problem ? FusedGrads{zeros_like(qv), zeros_like(kv), zeros_like(vv)}
+                                      : backward(qv, kv, vv, so.get(), sl.get(),
+                                                 g.dtype() == qv.dtype() ? g : g.to(qv.dtype()), need);
         return std::vector<Tensor>{need[0] ? gr.dq : Tensor(), need[1] ? gr.dk : Tensor(), need[2] ? gr.dv : Tensor()};
       });
 }
