@@ -5,6 +5,7 @@
 
 #include "attention/entmax_attention.h"
 #include "attention/local.h"
+#include "attention/routing_attention.h"
 #include "attention/sinkformer.h"
 #include "attention/softmax.h"
 
@@ -17,7 +18,8 @@ std::map<std::string, AttentionParser>& parsers() {
   static std::map<std::string, AttentionParser> p = {{"softmax", parse_softmax_attention},
                                                      {"local", parse_local_attention},
                                                      {"entmax", parse_entmax_attention},
-                                                     {"sinkformer", parse_sinkformer_attention}};
+                                                     {"sinkformer", parse_sinkformer_attention},
+                                                     {"routing", parse_routing_attention}};
   return p;
 }
 }  // namespace

@@ -32,6 +32,13 @@ class AttentionMethod : public Module {
   // Per-head numbers of the last forward that training logs report (e.g. entmax: "support", the mean
   // support size, and "alpha"), one value per head; cheap, kept whether or not internals are recorded.
   virtual std::map<std::string, std::vector<double>> stats() const { return {}; }
+  // An auxiliary loss of the last forward (Routing's commitment loss): a scalar on the tape that the
+  // model adds to its training loss (TransformerTrunk::aux_loss); undefined when the method has none.
+  virtual Tensor aux_loss() const { return {}; }
+  // Non-gradient state updates (Routing's EMA centroids) from what the training forwards since the
+  // last call saw: the trainer calls it once per step, after the optimizer step. Gradchecks, audits,
+  // evaluations and sampling never call it, so they never change the method.
+  virtual void after_step() {}
 };
 
 struct AttentionContext {
@@ -39,6 +46,8 @@ struct AttentionContext {
   int64_t n_heads = 0;
   std::shared_ptr<Generator> gen;  // for methods that draw noise (Gumbel-Sinkhorn, dropout)
   DType dtype = DType::f32;        // for methods with parameters of their own (entmax α, SortNet)
+  int64_t max_len = 0;             // the model's longest sequence (0: unknown), for size defaults (Routing's k)
+  int64_t layer = 0;               // the layer the method is built for, for per-layer settings
 };
 
 // A method is registered as a parser of its config section: it reads every key the method takes

@@ -80,13 +80,14 @@ nlohmann::json ModelConfig::to_json() const {
 // ---- multi-head attention ----------------------------------------------------------------------
 
 MultiHeadAttention::MultiHeadAttention(int64_t d_model, int64_t heads, const nlohmann::json& attention,
-                                       double dropout_p, std::shared_ptr<Generator> gen, Generator& init_gen, DType t)
+                                       double dropout_p, std::shared_ptr<Generator> gen, Generator& init_gen, DType t,
+                                       int64_t max_len, int64_t layer)
     : n_heads(heads), head_dim(d_model / heads) {
   if (d_model % heads != 0)
     fail<ValueError>("MultiHeadAttention", "d_model ", d_model, " is not divisible by ", heads, " heads");
   qkv = register_module("qkv", std::make_shared<Linear>(d_model, 3 * d_model, true, init_gen, t));
   out = register_module("out", std::make_shared<Linear>(d_model, d_model, true, init_gen, t));
-  method = register_module("method", make_attention(attention, AttentionContext{head_dim, heads, gen, t}));
+  method = register_module("method", make_attention(attention, AttentionContext{head_dim, heads, gen, t, max_len, layer}));
   drop = register_module("drop", std::make_shared<Dropout>(dropout_p, gen));
 }
 
@@ -106,10 +107,11 @@ Tensor MultiHeadAttention::forward(const Tensor& x, const AttentionMask& mask) c
 
 // ---- block and trunk ---------------------------------------------------------------------------
 
-TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t) {
+TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t,
+                                   int64_t layer) {
   ln1 = register_module("ln1", std::make_shared<LayerNorm>(c.d_model, 1e-5, t));
   attn = register_module("attn", std::make_shared<MultiHeadAttention>(c.d_model, c.n_heads, c.attention, c.dropout,
-                                                                      gen, init_gen, t));
+                                                                      gen, init_gen, t, c.max_len, layer));
   ln2 = register_module("ln2", std::make_shared<LayerNorm>(c.d_model, 1e-5, t));
   mlp = register_module("mlp", std::make_shared<MLP>(c.d_model, c.d_ff, parse_activation(c.activation), c.dropout,
                                                      gen, init_gen, t));
@@ -130,7 +132,7 @@ TransformerTrunk::TransformerTrunk(const ModelConfig& c, std::shared_ptr<Generat
   else sinusoid_ = sinusoidal_positions(c.max_len, c.d_model, t);
   drop = register_module("drop", std::make_shared<Dropout>(c.dropout, gen));
   for (int64_t i = 0; i < c.n_layers; ++i)
-    blocks.push_back(register_module("blocks." + std::to_string(i), std::make_shared<TransformerBlock>(c, gen, init_gen, t)));
+    blocks.push_back(register_module("blocks." + std::to_string(i), std::make_shared<TransformerBlock>(c, gen, init_gen, t, i)));
   ln_f = register_module("ln_f", std::make_shared<LayerNorm>(c.d_model, 1e-5, t));
 }
 
@@ -153,6 +155,19 @@ Tensor TransformerTrunk::encode(const Tensor& x_in, const AttentionMask& mask) c
   x = drop->forward(x);
   for (const auto& b : blocks) x = b->forward(x, mask);
   return ln_f->forward(x);
+}
+
+Tensor TransformerTrunk::aux_loss() const {
+  Tensor total;
+  for (const auto& b : blocks) {
+    Tensor a = b->attn->method->aux_loss();
+    if (a.defined()) total = total.defined() ? add(total, a) : a;
+  }
+  return total;
+}
+
+void TransformerTrunk::after_step() const {
+  for (const auto& b : blocks) b->attn->method->after_step();
 }
 
 // ---- models ------------------------------------------------------------------------------------

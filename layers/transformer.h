@@ -57,8 +57,10 @@ struct ModelConfig {
 // x [B, T, D] -> [B, T, D]: fused qkv projection, per-head attention method, output projection.
 class MultiHeadAttention : public Module {
  public:
+  // max_len and layer reach the method through its AttentionContext (size defaults, per-layer settings).
   MultiHeadAttention(int64_t d_model, int64_t n_heads, const nlohmann::json& attention, double dropout_p,
-                     std::shared_ptr<Generator> gen, Generator& init_gen, DType t = DType::f32);
+                     std::shared_ptr<Generator> gen, Generator& init_gen, DType t = DType::f32, int64_t max_len = 0,
+                     int64_t layer = 0);
   Tensor forward(const Tensor& x, const AttentionMask& mask) const;
   std::shared_ptr<Linear> qkv, out;
   std::shared_ptr<AttentionMethod> method;
@@ -69,7 +71,8 @@ class MultiHeadAttention : public Module {
 // Pre-LN: x + drop(attn(ln1 x)), then + drop(mlp(ln2 x)).
 class TransformerBlock : public Module {
  public:
-  TransformerBlock(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t = DType::f32);
+  TransformerBlock(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t = DType::f32,
+                   int64_t layer = 0);
   Tensor forward(const Tensor& x, const AttentionMask& mask) const;
   std::shared_ptr<LayerNorm> ln1, ln2;
   std::shared_ptr<MultiHeadAttention> attn;
@@ -84,6 +87,11 @@ class TransformerTrunk : public Module {
   Tensor forward(const Tensor& ids, const AttentionMask& mask) const;
   // The same from embedded tokens x [B, T, D] (a ViT's patches): positions, blocks, final norm.
   Tensor encode(const Tensor& x, const AttentionMask& mask) const;
+  // The sum of the attention methods' auxiliary losses of the last forward (Routing's commitment
+  // loss), which training adds to the task loss; undefined when no method has one.
+  Tensor aux_loss() const;
+  // Once per training step, after the optimizer step: every method's non-gradient update.
+  void after_step() const;
   std::shared_ptr<Embedding> tok;  // null for image inputs
   std::shared_ptr<Embedding> pos;  // learned positions; null for sinusoidal
   std::vector<std::shared_ptr<TransformerBlock>> blocks;

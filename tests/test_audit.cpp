@@ -336,6 +336,7 @@ TEST_CASE("audit passes on every registered attention type, causal or not, padde
       if (type == "softmax" || type == "local" || type == "sinkformer") att["impl"] = impl;
       else if (std::string(impl) == "composite") continue;
       if (type == "local") att["block"] = 2;
+      if (type == "routing") att.update({{"clusters", 2}, {"local_heads", 1}, {"local_block", 2}});
       for (bool causal : {false, true})
         for (bool padding : {false, true})
           for (const char* layer : {"attention", "mha"}) {

@@ -67,6 +67,9 @@ const std::map<std::string, size_t> kPinnedOps = {
     {"pow_scalar", 2},
     {"relu", 2},
     {"reshape", 3},
+    {"routing_attention", 2},
+    {"routing_sort", 1},
+    {"routing_unsort", 1},
     {"rsqrt", 3},
     {"scatter_add", 1},
     {"sigmoid", 3},
@@ -157,17 +160,19 @@ TEST_CASE("the registry holds exactly the pinned ops, each with its pinned numbe
 }
 
 TEST_CASE("a training step's tape holds registered ops only") {
-  for (const char* type : {"softmax", "local"})
+  for (const char* type : {"softmax", "local", "routing"})
     for (const char* impl : {"fused", "composite"}) {
       INFO("attention ", type, " ", impl);
       ModelConfig c{.vocab_size = 13, .d_model = 8, .n_layers = 2, .n_heads = 2, .d_ff = 16, .max_len = 8,
                     .dropout = 0.1, .attention = {{"type", type}, {"impl", impl}}};
       if (std::string(type) == "local") c.attention["block"] = 3;
+      if (std::string(type) == "routing") c.attention.update({{"clusters", 2}, {"local_heads", 1}, {"local_block", 3}});
       CausalLM lm(c);
       std::vector<double> v;
       for (int i = 0; i < 16; ++i) v.push_back(double((i * 5) % 13));
       Tensor ids = from_vector(v, {2, 8}, DType::i64);
       Tensor loss = lm.loss(ids, ids);
+      if (Tensor aux = lm.trunk->aux_loss(); aux.defined()) loss = add(loss, aux);  // Routing's commitment loss
       std::set<std::string> seen;
       for (const auto& node : backward_order(loss)) {
         CHECK_MESSAGE(find_op(node->name()) == &node->op(), "op '", node->name(), "' on the tape is not registered");

@@ -232,6 +232,11 @@ std::vector<double> TrainerCore::run(int64_t stop_at) {
     if (!std::isfinite(lv))
       fail<ValueError>("train", "the loss became ", lv, " at step ", step_,
                        "; lower optim.lr or enable optim.clip (the last checkpoint is intact). ", kAnomalyHint);
+    // The attention methods' auxiliary losses (Routing's commitment loss) join the gradient; the
+    // logged loss stays the task's, comparable across methods, and the auxiliary one is logged apart.
+    const Tensor aux = trunk_->aux_loss();
+    const double av = aux.defined() ? aux.item<double>() : 0.0;
+    if (aux.defined()) loss = add(loss, aux);
     loss.backward();
     if (cfg_.optim.clip > 0) {
       double norm = clip_grad_norm(opt_->params(), cfg_.optim.clip);
@@ -239,6 +244,7 @@ std::vector<double> TrainerCore::run(int64_t stop_at) {
         fail<ValueError>("train", "the gradient norm became ", norm, " at step ", step_, ". ", kAnomalyHint);
     }
     opt_->step();
+    trunk_->after_step();  // non-gradient updates (Routing's EMA centroids): once per step, never in eval
     ++step_;
     losses.push_back(lv);
     double dt = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -257,6 +263,7 @@ std::vector<double> TrainerCore::run(int64_t stop_at) {
       line << "step " << std::setw(6) << step_ << "/" << end << "  loss " << std::fixed << std::setprecision(4) << ema
            << "  lr " << std::scientific << std::setprecision(2) << opt_->lr() << std::fixed << "  "
            << std::setprecision(0) << rate << " " << item_name() << "/s  ETA " << format_duration(eta);
+      if (aux.defined()) line << "  aux " << std::scientific << std::setprecision(2) << av;
       if (tty) {
         const int width = 24;
         int filled = int(double(width) * double(step_) / double(end));
@@ -268,6 +275,7 @@ std::vector<double> TrainerCore::run(int64_t stop_at) {
       const std::string rate_key = item_name() == std::string("tok") ? "tokens_per_s" : "images_per_s";
       nlohmann::json row{{"step", step_},    {"train_loss", lv}, {"train_loss_ema", ema},
                          {"lr", opt_->lr()}, {rate_key, rate},   {"elapsed_s", train_seconds_}};
+      if (aux.defined()) row["train_aux_loss"] = av;
       const nlohmann::json attn = attention_numbers();  // (items() of a temporary would dangle)
       for (auto& [key, per_layer] : attn.items()) row[key] = per_layer;
       log_metrics(row);
