@@ -24,8 +24,8 @@ void check_routing(const char* op, const Tensor& x, const routing::Routing& r) {
   if (x.dim() != 4) fail<ShapeError>(op, "input must be [B, H, T, dh], got ", describe(x));
   const Shape want{x.size(0), x.size(1), r.k * r.w};
   if (!r.index.defined() || r.index.dtype() != DType::i64 || r.index.shape() != want || r.T != x.size(2))
-    fail<ShapeError>(op, "routing index must be i64 [", want[0], ", ", want[1], ", ", want[2], "] over T ", x.size(2), ", got ",
-                     r.index.defined() ? describe(r.index) : std::string("none"), " over T ", r.T);
+    fail<ShapeError>(op, "routing index must be i64 [", want[0], ", ", want[1], ", ", want[2], "] over T ", x.size(2),
+                     ", got ", r.index.defined() ? describe(r.index) : std::string("none"), " over T ", r.T);
 }
 
 // The scatter-mean divisors 1 / (count + 1e-2), [B, H, T] as doubles.
@@ -41,7 +41,7 @@ std::vector<double> inverse_counts(const routing::Routing& r) {
 const OpDef& routing_sort_op();
 const OpDef& routing_unsort_op();
 
-// out[b, h, s] = x[b, h, index[b, h, s]] (rows of dh).
+// out[b, h, s] = x[b, h, index[b, h, s]] (rows of dh); an empty slot (index -1) gets zeros.
 Tensor sort_rows(const Tensor& x, const Tensor& index) {
   const int64_t B = x.size(0), H = x.size(1), T = x.size(2), dh = x.size(3), S = index.size(2);
   Tensor xc = x.contiguous(), out = empty({B, H, S, dh}, x.dtype());
@@ -51,8 +51,11 @@ Tensor sort_rows(const Tensor& x, const Tensor& index) {
     T_* po = out.data<T_>();
 #pragma omp parallel for if (parallel_over(B * H * S * dh)) schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh)
-      for (int64_t s = 0; s < S; ++s)
-        std::copy_n(px + (bh * T + pi[bh * S + s]) * dh, dh, po + (bh * S + s) * dh);
+      for (int64_t s = 0; s < S; ++s) {
+        const int64_t t = pi[bh * S + s];
+        if (t >= 0) std::copy_n(px + (bh * T + t) * dh, dh, po + (bh * S + s) * dh);
+        else std::fill_n(po + (bh * S + s) * dh, dh, T_(0));
+      }
   });
   return out;
 }
@@ -69,6 +72,7 @@ Tensor unsort_rows(const Tensor& y, const Tensor& index, int64_t T, const std::v
 #pragma omp parallel for if (parallel_over(B * H * S * dh)) schedule(static)
     for (int64_t bh = 0; bh < B * H; ++bh) {
       for (int64_t s = 0; s < S; ++s) {
+        if (pi[bh * S + s] < 0) continue;  // an empty slot: its output goes nowhere
         const T_* src = py + (bh * S + s) * dh;
         T_* dst = po + (bh * T + pi[bh * S + s]) * dh;
         for (int64_t d = 0; d < dh; ++d) dst[d] += src[d];
@@ -121,14 +125,18 @@ routing::Routing frozen_routing(int64_t B = 1) {
 
 const OpDef kRoutingSort("routing_sort", "dx[b,h,index[b,h,s]] += g[b,h,s] (scatter-add of the sorted rows)",
                          {{"H 2, T 7, k 3 x w 3, overlaps and an unrouted token, non-contiguous input",
-                           [](Generator& g) { return Inputs{rn_t(g, {1, 2, 7, 3})}; },
+                           [](Generator& g) {
+                             return Inputs{rn_t(g, {1, 2, 7, 3})};
+                           },
                            [](const Inputs& in) { return routing_sort(in[0], frozen_routing()); }}});
 
-const OpDef kRoutingUnsort(
-    "routing_unsort", "dy[b,h,s] = g[b,h,index[b,h,s]] / (count + 1e-2) (the gather of the scattered mean)",
-    {{"H 2, T 7, k 3 x w 3, overlaps and an unrouted token",
-      [](Generator& g) { return Inputs{rn(g, {1, 2, 9, 3})}; },
-      [](const Inputs& in) { return routing_unsort(in[0], frozen_routing()); }}});
+const OpDef kRoutingUnsort("routing_unsort",
+                           "dy[b,h,s] = g[b,h,index[b,h,s]] / (count + 1e-2) (the gather of the scattered mean)",
+                           {{"H 2, T 7, k 3 x w 3, overlaps and an unrouted token",
+                             [](Generator& g) {
+                               return Inputs{rn(g, {1, 2, 9, 3})};
+                             },
+                             [](const Inputs& in) { return routing_unsort(in[0], frozen_routing()); }}});
 
 const OpDef& routing_sort_op() { return kRoutingSort; }
 const OpDef& routing_unsort_op() { return kRoutingUnsort; }
@@ -138,7 +146,9 @@ const OpDef kRoutingAttention(
     "block_sparse_attention's on the cluster segments of the sorted copy (segment c reads segment c): dV = Pᵀ g, "
     "dS = P∘(g Vᵀ - D), dQ = scale dS K, dK = scale dSᵀ Q; sort and scatter-mean around it",
     {{"causal, B 1 H 2 T 7, k 3 x w 3 with overlaps, tiles 2x2",
-      [](Generator& g) { return Inputs{rn(g, {1, 2, 7, 3}), rn(g, {1, 2, 7, 3})}; },
+      [](Generator& g) {
+        return Inputs{rn(g, {1, 2, 7, 3}), rn(g, {1, 2, 7, 3})};
+      },
       [](const Inputs& in) {
         flash::ScopedTiles st({2, 2, 2, 2});
         return routing_attention(in[0], in[1], frozen_routing(), true, {}, 0.7);
@@ -148,7 +158,17 @@ const OpDef kRoutingAttention(
         return Inputs{rn(g, {2, 2, 7, 2}), rn_t(g, {2, 2, 7, 2}),
                       from_vector({0, 0, 0, 0, 0, 1, 1, /**/ 0, 1, 0, 0, 0, 0, 0}, {2, 7}, DType::b8)};
       },
-      [](const Inputs& in) { return routing_attention(in[0], in[1], frozen_routing(2), false, in[2], 0.9); }}});
+      [](const Inputs& in) { return routing_attention(in[0], in[1], frozen_routing(2), false, in[2], 0.9); }},
+     {"nearest assignment: partial clusters with empty slots, causal and bidirectional",
+      [](Generator& g) {
+        return Inputs{rn(g, {1, 1, 6, 3}), rn(g, {1, 1, 6, 3})};
+      },
+      [](const Inputs& in) {
+        const routing::Routing r = routing::from_index(
+            from_vector(std::vector<int64_t>{0, 3, 4, 5, 1, -1, -1, -1, 2, -1, -1, -1}, {1, 1, 12}), 3, 6);
+        return add(routing_attention(in[0], in[1], r, true, {}, 0.8),
+                   routing_attention(in[0], in[1], r, false, {}, 0.5));
+      }}});
 
 }  // namespace
 
@@ -169,7 +189,8 @@ Tensor counts_of(const Tensor& index, int64_t T) {
   const int64_t* pi = index.data<int64_t>();
   int64_t* pc = count.data<int64_t>();
   for (int64_t bh = 0; bh < BH; ++bh)
-    for (int64_t s = 0; s < S; ++s) ++pc[bh * T + pi[bh * S + s]];
+    for (int64_t s = 0; s < S; ++s)
+      if (pi[bh * S + s] >= 0) ++pc[bh * T + pi[bh * S + s]];
   return count;
 }
 }  // namespace
@@ -184,10 +205,14 @@ Routing from_index(const Tensor& index, int64_t k, int64_t T) {
   const int64_t* pi = r.index.data<int64_t>();
   for (int64_t seg = 0; seg < r.index.numel() / std::max<int64_t>(r.w, 1); ++seg)
     for (int64_t s = 0; s < r.w; ++s) {
-      const int64_t t = pi[seg * r.w + s];
-      if (t < 0 || t >= T || (s > 0 && t <= pi[seg * r.w + s - 1]))
+      // Positions strictly increase; an empty slot (-1) may only be followed by empty slots.
+      const int64_t t = pi[seg * r.w + s], prev = s > 0 ? pi[seg * r.w + s - 1] : 0;
+      const bool ok = t == -1 || (t >= 0 && t < T && (s == 0 || (prev != -1 && t > prev)));
+      r.partial = r.partial || t == -1;
+      if (!ok)
         fail<ValueError>(op, "cluster ", seg % k, " of index ", describe(index),
-                         " must hold strictly increasing positions in [0, ", T, "), got ", t, " at slot ", s);
+                         " must hold strictly increasing positions in [0, ", T, "), then only empty slots (-1), got ",
+                         t, " at slot ", s);
     }
   r.count = counts_of(r.index, T);
   return r;
@@ -195,16 +220,15 @@ Routing from_index(const Tensor& index, int64_t k, int64_t T) {
 
 Routing route(const Tensor& xhat, const Tensor& centroids, int64_t w) {
   const char* op = "routing";
-  if (xhat.dim() != 4 || centroids.dim() != 3 || centroids.size(0) != xhat.size(1) ||
-      centroids.size(2) != xhat.size(3))
+  if (xhat.dim() != 4 || centroids.dim() != 3 || centroids.size(0) != xhat.size(1) || centroids.size(2) != xhat.size(3))
     fail<ShapeError>(op, "x̂ must be [B, H, T, dh] and centroids [H, k, dh], got ", describe(xhat), " and ",
                      describe(centroids));
   const int64_t B = xhat.size(0), H = xhat.size(1), T = xhat.size(2), k = centroids.size(1);
   if (w < 1 || w > T) fail<ValueError>(op, "window ", w, " must be in [1, T = ", T, "]");
   NoGradGuard ng;
   // scores [B, H, T, k] = x̂ μᵀ, in f64 so that ties and near-ties do not depend on the dtype's rounding.
-  Tensor scores = matmul(xhat.detach().to(DType::f64), centroids.to(DType::f64).transpose(1, 2).unsqueeze(0))
-                      .contiguous();
+  Tensor scores =
+      matmul(xhat.detach().to(DType::f64), centroids.to(DType::f64).transpose(1, 2).unsqueeze(0)).contiguous();
   const double* ps = scores.data<double>();
   Routing r;
   r.k = k, r.w = w, r.T = T;
@@ -231,6 +255,29 @@ Routing route(const Tensor& xhat, const Tensor& centroids, int64_t w) {
       std::copy_n(order.begin(), w, pi + (bh * k + c) * w);
     }
   }
+  r.count = counts_of(r.index, T);
+  return r;
+}
+
+Routing route_nearest(const Tensor& xhat, const Tensor& centroids, int64_t w) {
+  // The nearest centroids and scores come from route(); only the clusters differ.
+  Routing r = route(xhat, centroids, std::min(w, xhat.size(2)));
+  const int64_t BH = xhat.size(0) * xhat.size(1), T = r.T, k = r.k;
+  r.index = full({xhat.size(0), xhat.size(1), k * w}, -1.0, DType::i64);
+  r.partial = true;
+  int64_t* pi = r.index.data<int64_t>();
+  const int64_t* pn = r.nearest.data<int64_t>();
+  std::vector<int64_t> fill(static_cast<size_t>(k));
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    std::fill(fill.begin(), fill.end(), 0);
+    // In position order: a token joins its nearest cluster while the cluster has room, so whether it
+    // is routed depends on earlier tokens only.
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t c = pn[bh * T + t];
+      if (fill[size_t(c)] < w) pi[(bh * k + c) * w + fill[size_t(c)]++] = t;
+    }
+  }
+  r.w = w;
   r.count = counts_of(r.index, T);
   return r;
 }
@@ -272,8 +319,9 @@ void ema_update(Tensor& centroids, Tensor& ema_count, Tensor& ema_sum, const Bat
       const size_t i = size_t(h * k + c);
       N[i] = decay * N[i] + (1 - decay) * n[i];
       total += N[i];
-      for (int64_t d = 0; d < dh; ++d) S[i * size_t(dh) + size_t(d)] = decay * S[i * size_t(dh) + size_t(d)] +
-                                                                       (1 - decay) * x[i * size_t(dh) + size_t(d)];
+      for (int64_t d = 0; d < dh; ++d)
+        S[i * size_t(dh) + size_t(d)] =
+            decay * S[i * size_t(dh) + size_t(d)] + (1 - decay) * x[i * size_t(dh) + size_t(d)];
     }
     for (int64_t c = 0; c < k; ++c) {
       const size_t i = size_t(h * k + c);
@@ -296,7 +344,8 @@ Tensor commitment_loss(const Tensor& xhat, const Tensor& centroids, const Tensor
     const int64_t* pn = nearest.data<int64_t>();
     double* pt = target.data<double>();
     for (int64_t bh = 0; bh < B * H; ++bh)
-      for (int64_t t = 0; t < T; ++t) std::copy_n(pm + ((bh % H) * k + pn[bh * T + t]) * dh, dh, pt + (bh * T + t) * dh);
+      for (int64_t t = 0; t < T; ++t)
+        std::copy_n(pm + ((bh % H) * k + pn[bh * T + t]) * dh, dh, pt + (bh * T + t) * dh);
   }
   Tensor diff = sub(xhat, target.to(xhat.dtype()));
   return mul(mean(mul(diff, diff)), scalar_tensor(beta, xhat.dtype()));
@@ -316,8 +365,8 @@ namespace {
 block_sparse::Layout segment_layout(int64_t k, int64_t w, bool causal) {
   std::vector<std::vector<block_sparse::Entry>> lists(static_cast<size_t>(k));
   for (int64_t c = 0; c < k; ++c)
-    lists[size_t(c)].push_back({c, block_sparse::Source::keys,
-                                causal ? block_sparse::BlockMask::causal : block_sparse::BlockMask::full});
+    lists[size_t(c)].push_back(
+        {c, block_sparse::Source::keys, causal ? block_sparse::BlockMask::causal : block_sparse::BlockMask::full});
   std::vector<int64_t> bounds(static_cast<size_t>(k + 1));
   for (int64_t c = 0; c <= k; ++c) bounds[size_t(c)] = c * w;
   return block_sparse::Layout::make(bounds, bounds, lists, "routing_attention");
@@ -349,12 +398,16 @@ Tensor routing_attention(const Tensor& xhat, const Tensor& v, const routing::Rou
     const int64_t* pi = r.index.data<int64_t>();
     uint8_t* pp = pad.data<uint8_t>();
     for (int64_t bh = 0; bh < B * H; ++bh)
-      for (int64_t s = 0; s < S; ++s) pp[bh * S + s] = kp[size_t((bh / H) * r.T + pi[bh * S + s])];
+      for (int64_t s = 0; s < S; ++s)
+        pp[bh * S + s] = pi[bh * S + s] < 0 || kp[size_t((bh / H) * r.T + pi[bh * S + s])];
+  } else if (r.partial) {
+    // Empty slots are keys nobody may see (with the causal mask they trail every real query anyway).
+    pad = lt(r.index.reshape({B * H, S}), scalar_tensor(0.0, DType::i64));
   }
   Tensor xs = routing_sort(xhat, r).reshape({B * H, 1, S, dh});
   Tensor vs = routing_sort(v, r).reshape({B * H, 1, S, dh});
-  Tensor os = block_sparse_attention(kRoutingAttention, xs, xs, vs, segment_layout(r.k, r.w, causal), {false, pad},
-                                     scale);
+  Tensor os =
+      block_sparse_attention(kRoutingAttention, xs, xs, vs, segment_layout(r.k, r.w, causal), {false, pad}, scale);
   return routing_unsort(os.reshape({B, H, S, dh}), r);
 }
 
@@ -373,7 +426,8 @@ Tensor routing_attention_composite(const Tensor& xhat, const Tensor& v, const ro
     uint8_t* pb = blocked.data<uint8_t>();
     for (int64_t bh = 0; bh < B * H; ++bh) {
       std::fill(member.begin(), member.end(), 0);
-      for (int64_t s = 0; s < r.w; ++s) member[size_t(pi[(bh * r.k + c) * r.w + s])] = 1;
+      for (int64_t s = 0; s < r.w; ++s)
+        if (const int64_t t = pi[(bh * r.k + c) * r.w + s]; t >= 0) member[size_t(t)] = 1;
       for (int64_t i = 0; i < T; ++i)
         for (int64_t j = 0; j < T; ++j)
           pb[(bh * T + i) * T + j] = !(member[size_t(i)] && member[size_t(j)]) || (causal && j > i) ||
@@ -399,7 +453,8 @@ RoutingAttention::RoutingAttention(const Options& opt, const AttentionContext& c
     fail<ValueError>(op, "local_heads ", opt.local_heads, " must be in [0, n_heads = ", n_heads_, "]");
   if (!(opt.decay >= 0 && opt.decay < 1)) fail<ValueError>(op, "decay must be in [0, 1), got ", opt.decay);
   if (!(opt.commitment >= 0)) fail<ValueError>(op, "commitment must be >= 0, got ", opt.commitment);
-  if (opt.local_heads > 0) local_ = register_module("local", std::make_shared<LocalAttention>(opt.local_block, opt.scale));
+  if (opt.local_heads > 0)
+    local_ = register_module("local", std::make_shared<LocalAttention>(opt.local_block, opt.scale));
   const int64_t Hr = routing_heads(), k = opt.clusters;
   // Centroids start as LN(randn), on the sphere x̂ lives on (official init), so that evaluation and
   // sampling route sensibly before any training step. The EMA state starts as if each centroid were
@@ -417,7 +472,9 @@ RoutingAttention::RoutingAttention(const Options& opt, const AttentionContext& c
 Tensor RoutingAttention::route_and_attend(const Tensor& q, const Tensor& v, const AttentionMask& mask) {
   const int64_t B = q.size(0), Hr = q.size(1), T = q.size(2), k = opt_.clusters;
   Tensor xhat = routing_layer_norm(q);
-  const routing::Routing r = routing::route(xhat, *centroids_, routing::window_for(T, k, opt_.window));
+  const int64_t w = routing::window_for(T, k, opt_.window);
+  const routing::Routing r =
+      opt_.nearest ? routing::route_nearest(xhat, *centroids_, w) : routing::route(xhat, *centroids_, w);
   Tensor weights;
   Tensor out = opt_.impl == AttentionImpl::fused
                    ? routing_attention(xhat, v, r, mask.causal, mask.key_padding, opt_.scale)
@@ -444,15 +501,16 @@ Tensor RoutingAttention::route_and_attend(const Tensor& q, const Tensor& v, cons
         ++po[h * k + nearest[i]];
         unrouted += count[i] == 0;
       }
-    max_share_[size_t(h)] = double(*std::max_element(po + h * k, po + (h + 1) * k)) / double(std::max<int64_t>(B * T, 1));
+    max_share_[size_t(h)] =
+        double(*std::max_element(po + h * k, po + (h + 1) * k)) / double(std::max<int64_t>(B * T, 1));
     unrouted_[size_t(h)] = double(unrouted) / double(std::max<int64_t>(B * T, 1));
   }
   if (record_internals) {
     if (!weights.defined())
       routing_attention_composite(xhat.detach(), v.detach(), r, mask.causal, mask.key_padding, opt_.scale, &weights);
     internals["attn"] = weights;
-    internals["cluster"] = r.nearest;  // [B, Hr, T]: each token's nearest centroid
-    internals["count"] = r.count;      // [B, Hr, T]: clusters that took the token (0: unrouted)
+    internals["cluster"] = r.nearest;  // [B, H, T]: each token's nearest centroid (local heads: its block)
+    internals["count"] = r.count;      // [B, H, T]: clusters that took the token (0: unrouted)
     internals["index"] = r.index;      // [B, Hr, k·w]: the clusters' positions, segment by segment
     internals["occupancy"] = occupancy;
     internals["centroids"] = centroids_->detach().clone();
@@ -485,6 +543,12 @@ Tensor RoutingAttention::forward(const Tensor& q, const Tensor& k, const Tensor&
     // The layer's picture: local heads first, then the routing heads, as in the output.
     internals["attn"] = concat({local_->internals.at("attn"), internals.at("attn")}, 1);
     local_->internals.clear();
+    // Per token and head for draw: a local head's "cluster" is its block, and it takes every token once.
+    const int64_t B = q.size(0), T = q.size(2);
+    Tensor block = empty({B, L, T}, DType::i64);
+    for (int64_t i = 0; i < block.numel(); ++i) block.data<int64_t>()[i] = (i % T) / opt_.local_block;
+    internals["cluster"] = concat({block, internals.at("cluster")}, 1);
+    internals["count"] = concat({ones({B, L, T}, DType::i64), internals.at("count")}, 1);
   }
   return concat({local_out, routed}, 1);
 }
@@ -546,6 +610,7 @@ AttentionBuilder parse_routing_attention(ConfigSection& cfg) {
   }
   const bool per_layer = local_heads.size() > 1 || (cfg.value("local_heads") && cfg.value("local_heads")->is_array());
   o.local_block = cfg.integer("local_block", 64, 1, kMaxLocalBlock);
+  o.nearest = cfg.choice("assign", "top_w", {"top_w", "nearest"}) == "nearest";
   o.decay = cfg.number("decay", 0.999, NumberRange::half_open(0, 1));
   o.commitment = cfg.number("commitment", 1e-4, NumberRange::at_least(0));
   const std::optional<double> scale = parse_attention_scale(cfg);
@@ -565,8 +630,9 @@ AttentionBuilder parse_routing_attention(ConfigSection& cfg) {
     } else if (ctx.max_len > 0) {
       opt.clusters = std::max<int64_t>(1, std::llround(std::sqrt(double(ctx.max_len))));  // k ≈ √n
     } else {
-      fail<ValueError>("config", "routing attention: set \"clusters\" (the default √max_len needs the model's max_len, "
-                                 "unknown here)");
+      fail<ValueError>("config",
+                       "routing attention: set \"clusters\" (the default √max_len needs the model's max_len, "
+                       "unknown here)");
     }
     return std::make_shared<RoutingAttention>(opt, ctx);
   };

@@ -23,12 +23,14 @@ namespace attnlab {
 namespace routing {
 
 // The routing of one call, constant for the backward: for each (batch, head), k clusters of w
-// positions. Cluster c of (b, h) holds positions index[b, h, c·w .. (c+1)·w), strictly increasing.
+// slots. Cluster c of (b, h) holds positions index[b, h, c·w .. (c+1)·w), strictly increasing, then
+// possibly empty slots (-1, only with the "nearest" assignment: a cluster with fewer than w tokens).
 struct Routing {
   int64_t k = 0, w = 0, T = 0;
-  Tensor index;     // i64 [B, H, k·w]
-  Tensor nearest;   // i64 [B, H, T]: argmax_c ⟨x̂_t, μ_c⟩, the token's own centroid (EMA, commitment)
-  Tensor count;     // i64 [B, H, T]: how many clusters took the token
+  bool partial = false;  // some slots are empty
+  Tensor index;          // i64 [B, H, k·w]
+  Tensor nearest;        // i64 [B, H, T]: argmax_c ⟨x̂_t, μ_c⟩, the token's own centroid (EMA, commitment)
+  Tensor count;          // i64 [B, H, T]: how many clusters took the token
 };
 
 // The scatter-mean divisor of the official code: a token's summed outputs are divided by count + 1e-2.
@@ -39,6 +41,11 @@ inline constexpr double kLaplaceEps = 1e-5;
 // Routes x̂ [B, H, T, dh] with centroids [H, k, dh]: the top-w tokens per cluster by dot product (ties
 // to the earlier position), sorted by position. 1 <= w <= T.
 Routing route(const Tensor& xhat, const Tensor& centroids, int64_t w);
+// The causal alternative ("assign": "nearest"): each token goes to its nearest centroid only, and a
+// cluster keeps its first w tokens by position (capacity w; later ones are unrouted). A token's
+// routing then depends on it and the tokens before it, never on later ones, unlike the official
+// top-w over the whole sequence; clusters are not balanced (empty slots are -1).
+Routing route_nearest(const Tensor& xhat, const Tensor& centroids, int64_t w);
 // A routing from given clusters (tests, gradcheck cases): index i64 [B, H, k·w] with w positions per
 // cluster, strictly increasing inside each; nearest is left undefined.
 Routing from_index(const Tensor& index, int64_t k, int64_t T);
@@ -87,7 +94,8 @@ class RoutingAttention : public AttentionMethod {
     int64_t window = 0;       // w; 0: ceil(T / k) at each call
     int64_t local_heads = 0;  // the first local_heads heads are block-local (as the paper's models mix them)
     int64_t local_block = 64;
-    double scale = 0;  // of ⟨x̂_i, x̂_j⟩
+    bool nearest = false;  // "assign": "nearest" (causal routing) instead of the official "top_w"
+    double scale = 0;      // of ⟨x̂_i, x̂_j⟩
     double decay = 0.999;
     double commitment = 1e-4;
     AttentionImpl impl = AttentionImpl::fused;
@@ -121,7 +129,8 @@ class RoutingAttention : public AttentionMethod {
 };
 
 // Config: {"type": "routing", "clusters": k (default round(√max_len)), "window": w (default
-// ceil(T / k)), "local_heads": int or [per layer] (default 0), "local_block": 64, "decay": 0.999,
+// ceil(T / k)), "assign": "top_w" (default, official) | "nearest" (causal), "local_heads": int or
+// [per layer] (default 0), "local_block": 64, "decay": 0.999,
 // "commitment": 1e-4, "scale": optional (default 1/sqrt(head_dim)), "impl": "fused" | "composite"}.
 AttentionBuilder parse_routing_attention(ConfigSection& cfg);
 

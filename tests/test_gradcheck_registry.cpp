@@ -67,7 +67,7 @@ const std::map<std::string, size_t> kPinnedOps = {
     {"pow_scalar", 2},
     {"relu", 2},
     {"reshape", 3},
-    {"routing_attention", 2},
+    {"routing_attention", 3},
     {"routing_sort", 1},
     {"routing_unsort", 1},
     {"rsqrt", 3},

@@ -43,12 +43,13 @@ Tensor naive_routing(const Tensor& xhat, const Tensor& v, const routing::Routing
   for (int64_t bh = 0; bh < B * H; ++bh)
     for (int64_t c = 0; c < r.k; ++c) {
       const int64_t* m = idx.data() + (bh * r.k + c) * r.w;
-      for (int64_t a = 0; a < r.w; ++a) {
+      const int64_t filled = int64_t(std::find(m, m + r.w, -1) - m);  // empty slots trail
+      for (int64_t a = 0; a < filled; ++a) {
         const int64_t i = m[a];
         count[size_t(bh * T + i)] += 1;
         std::vector<double> s;
         std::vector<int64_t> keys;
-        for (int64_t b = 0; b < r.w; ++b) {
+        for (int64_t b = 0; b < filled; ++b) {
           const int64_t j = m[b];
           if ((causal && j > i) || (!kp.empty() && kp[size_t((bh / H) * T + j)])) continue;
           double d = 0;
@@ -71,7 +72,8 @@ Tensor naive_routing(const Tensor& xhat, const Tensor& v, const routing::Routing
 
 // Routing attention of (x̂ = q, v) as an AttnFn for testing::run (k is unused: queries are keys).
 testing::AttnFn fused_fn(const routing::Routing& r, bool causal, const Tensor& pad, double scale) {
-  return [=](const Tensor& q, const Tensor&, const Tensor& v) { return routing_attention(q, v, r, causal, pad, scale); };
+  return
+      [=](const Tensor& q, const Tensor&, const Tensor& v) { return routing_attention(q, v, r, causal, pad, scale); };
 }
 testing::AttnFn composite_fn(const routing::Routing& r, bool causal, const Tensor& pad, double scale) {
   return [=](const Tensor& q, const Tensor&, const Tensor& v) {
@@ -132,28 +134,57 @@ TEST_CASE("route: every cluster holds exactly its top-w tokens by dot product, i
   CHECK_THROWS_AS(routing::route(xhat, random_centroids(g, H + 1, k, dh), w), ShapeError);
 }
 
+TEST_CASE("route_nearest: each token in its nearest cluster while it has room, in position order") {
+  Generator g(11);
+  const int64_t B = 2, H = 2, T = 30, dh = 4, k = 3, w = 6;
+  Tensor xhat = routing_layer_norm(randn({B, H, T, dh}, DType::f64, &g));
+  routing::Routing r = routing::route_nearest(xhat, random_centroids(g, H, k, dh), w);
+  CHECK(r.partial);
+  const std::vector<int64_t> idx = r.index.to_vector<int64_t>(), near = r.nearest.to_vector<int64_t>(),
+                             count = r.count.to_vector<int64_t>();
+  for (int64_t bh = 0; bh < B * H; ++bh) {
+    std::vector<std::vector<int64_t>> want(static_cast<size_t>(k));
+    for (int64_t t = 0; t < T; ++t) {
+      auto& cl = want[size_t(near[size_t(bh * T + t)])];
+      CHECK(count[size_t(bh * T + t)] == (int64_t(cl.size()) < w ? 1 : 0));
+      if (int64_t(cl.size()) < w) cl.push_back(t);
+    }
+    for (int64_t c = 0; c < k; ++c) {
+      while (int64_t(want[size_t(c)].size()) < w) want[size_t(c)].push_back(-1);
+      CHECK(std::vector<int64_t>(idx.begin() + (bh * k + c) * w, idx.begin() + (bh * k + c + 1) * w) ==
+            want[size_t(c)]);
+    }
+  }
+  // Empty slots must trail the cluster's positions.
+  CHECK_THROWS_AS(routing::from_index(from_vector(std::vector<int64_t>{0, -1, 2}, {1, 1, 3}), 1, 4), ValueError);
+  CHECK_THROWS_AS(routing::from_index(from_vector(std::vector<int64_t>{0, 2, 2}, {1, 1, 3}), 1, 4), ValueError);
+  CHECK_NOTHROW(routing::from_index(from_vector(std::vector<int64_t>{0, 2, -1}, {1, 1, 3}), 1, 4));
+}
+
 TEST_CASE("routing attention: fused == composite == naive loop, outputs and gradients (f64, f32)") {
   Generator g(2);
   const int64_t B = 2, H = 2, T = 19, dh = 4, k = 3;
   for (bool causal : {true, false})
     for (bool padded : {false, true})
-      for (int64_t w : {5, 7, 19}) {
-        INFO("causal ", causal, ", padding ", padded, ", w ", w);
-        Tensor q = routing_layer_norm(randn({B, H, T, dh}, DType::f64, &g));
-        Tensor v = randn({B, H, T, dh}, DType::f64, &g), go = randn({B, H, T, dh}, DType::f64, &g);
-        Tensor pad = padded ? testing::random_padding(g, B, T, 0.3) : Tensor();
-        routing::Routing r = routing::route(q, random_centroids(g, H, k, dh), w);
-        Result f = run(fused_fn(r, causal, pad, 0.6), q, q, v, go);
-        Result c = run(composite_fn(r, causal, pad, 0.6), q, q, v, go);
-        check_close_qv(f, c, 1e-10, 1e-12);
-        CHECK(allclose(f.out, naive_routing(q, v, r, causal, pad, 0.6), 1e-10, 1e-12));
-        // f32 through the register kernels, against the f64 result.
-        Result f32 = run(fused_fn(r, causal, pad.defined() ? pad : Tensor(), 0.6), q.to(DType::f32), q.to(DType::f32),
-                         v.to(DType::f32), go.to(DType::f32));
-        CHECK(allclose(f32.out.to(DType::f64), f.out, 1e-4, 1e-5));
-        CHECK(allclose(f32.dq.to(DType::f64), f.dq, 1e-3, 1e-4));
-        CHECK(allclose(f32.dv.to(DType::f64), f.dv, 1e-4, 1e-5));
-      }
+      for (int64_t w : {5, 7, 19})
+        for (bool nearest : {false, true}) {
+          INFO("causal ", causal, ", padding ", padded, ", w ", w, ", nearest ", nearest);
+          Tensor q = routing_layer_norm(randn({B, H, T, dh}, DType::f64, &g));
+          Tensor v = randn({B, H, T, dh}, DType::f64, &g), go = randn({B, H, T, dh}, DType::f64, &g);
+          Tensor pad = padded ? testing::random_padding(g, B, T, 0.3) : Tensor();
+          Tensor mu = random_centroids(g, H, k, dh);
+          routing::Routing r = nearest ? routing::route_nearest(q, mu, w) : routing::route(q, mu, w);
+          Result f = run(fused_fn(r, causal, pad, 0.6), q, q, v, go);
+          Result c = run(composite_fn(r, causal, pad, 0.6), q, q, v, go);
+          check_close_qv(f, c, 1e-10, 1e-12);
+          CHECK(allclose(f.out, naive_routing(q, v, r, causal, pad, 0.6), 1e-10, 1e-12));
+          // f32 through the register kernels, against the f64 result.
+          Result f32 = run(fused_fn(r, causal, pad.defined() ? pad : Tensor(), 0.6), q.to(DType::f32), q.to(DType::f32),
+                           v.to(DType::f32), go.to(DType::f32));
+          CHECK(allclose(f32.out.to(DType::f64), f.out, 1e-4, 1e-5));
+          CHECK(allclose(f32.dq.to(DType::f64), f.dq, 1e-3, 1e-4));
+          CHECK(allclose(f32.dv.to(DType::f64), f.dv, 1e-4, 1e-5));
+        }
 }
 
 TEST_CASE("routing attention: one cluster holding every token is full causal attention (/ 1.01)") {
@@ -188,10 +219,36 @@ TEST_CASE("routing attention: with frozen routing, perturbing future tokens leav
   CHECK_FALSE(equal(before.narrow(2, cut, T - cut).contiguous(), after.narrow(2, cut, T - cut).contiguous()));
 }
 
+TEST_CASE("routing method, \"assign\": \"nearest\": perturbing future tokens leaves past outputs bit-identical") {
+  // The whole method (LN, routing, mixed heads): with the official top-w the clusters of the past
+  // depend on later tokens' scores (docs/routing.md), with "nearest" they do not.
+  Generator g(12);
+  const int64_t B = 2, H = 3, T = 24, dh = 8, cut = 13;
+  auto m = std::dynamic_pointer_cast<RoutingAttention>(
+      make_attention({{"type", "routing"},
+                      {"clusters", 3},
+                      {"window", 6},
+                      {"assign", "nearest"},
+                      {"local_heads", 1},
+                      {"local_block", 8}},
+                     AttentionContext{dh, H, std::make_shared<Generator>(0), DType::f32}));
+  REQUIRE(m);
+  m->eval();
+  NoGradGuard ng;
+  Tensor q = randn({B, H, T, dh}, DType::f32, &g), v = randn({B, H, T, dh}, DType::f32, &g);
+  Tensor keep = lt(arange(T).reshape({1, 1, T, 1}), scalar_tensor(double(cut), DType::i64));
+  Tensor q2 = where(keep, q, randn({B, H, T, dh}, DType::f32, &g)),
+         v2 = where(keep, v, randn({B, H, T, dh}, DType::f32, &g));
+  Tensor a = m->forward(q, q, v, {true, {}}), b = m->forward(q2, q2, v2, {true, {}});
+  CHECK(equal(a.narrow(2, 0, cut).contiguous(), b.narrow(2, 0, cut).contiguous()));
+  CHECK_FALSE(equal(a.narrow(2, cut, T - cut).contiguous(), b.narrow(2, cut, T - cut).contiguous()));
+}
+
 TEST_CASE("EMA k-means step == the formula on a hand-built batch with an empty cluster") {
   // One head, k = 3, dh = 2; the batch puts 2 tokens in cluster 0, 1 in cluster 1, none in cluster 2.
   Tensor mu = from_vector(std::vector<double>{1.0, 0.0, 0.0, 1.0, -1.0, 0.0}, {1, 3, 2});
-  Tensor N = from_vector(std::vector<double>{1.0, 2.0, 0.5}, {1, 3}), S = from_vector(std::vector<double>{1.0, 0.0, 0.0, 2.0, -0.5, 0.0}, {1, 3, 2});
+  Tensor N = from_vector(std::vector<double>{1.0, 2.0, 0.5}, {1, 3}),
+         S = from_vector(std::vector<double>{1.0, 0.0, 0.0, 2.0, -0.5, 0.0}, {1, 3, 2});
   Tensor xhat = from_vector(std::vector<double>{1.0, 1.0, 3.0, -1.0, 0.0, 2.0}, {1, 1, 3, 2});
   Tensor nearest = from_vector(std::vector<int64_t>{0, 0, 1}, {1, 1, 3});
   routing::BatchSums b = routing::nearest_sums(xhat, nearest, 3);
@@ -313,7 +370,8 @@ TEST_CASE("routing method: mixed heads (local first), internals, fused == compos
     REQUIRE(attn.shape() == Shape{B, H, T, T});
     // The equivalent full matrix reproduces the output: attn @ v.
     CHECK(allclose(matmul(attn, v), out, 1e-10, 1e-12));
-    CHECK(fused->internals.at("cluster").shape() == Shape{B, 2, T});
+    CHECK(fused->internals.at("cluster").shape() == Shape{B, H, T});
+    CHECK(fused->internals.at("cluster").to_vector<int64_t>()[5] == 1);  // head 0, token 5: local block 1
     CHECK(fused->internals.at("occupancy").shape() == Shape{2, 3});
     CHECK(sum(fused->internals.at("occupancy").to(DType::f64)).item<double>() == 2 * B * T);
   }
@@ -335,11 +393,21 @@ TEST_CASE("routing config: defaults and errors name the field") {
   CHECK(per_layer(0)->routing_heads() == 0);
   CHECK(per_layer(1)->routing_heads() == 2);
   CHECK(testing::contains(testing::message_of<ValueError>([&] { per_layer(2); }), "local_heads"));
-  CHECK(testing::contains(testing::message_of<ValueError>([&] { make_attention({{"type", "routing"}}, ctx(0, 0)); }), "clusters"));
-  CHECK(testing::contains(testing::message_of<ValueError>([&] { make_attention({{"type", "routing"}, {"local_heads", 5}}, ctx(64, 0)); }),
+  CHECK(testing::contains(testing::message_of<ValueError>([&] {
+                            make_attention({{"type", "routing"}}, ctx(0, 0));
+                          }),
+                          "clusters"));
+  CHECK(testing::contains(testing::message_of<ValueError>([&] {
+                            make_attention({{"type", "routing"}, {"local_heads", 5}}, ctx(64, 0));
+                          }),
                           "local_heads"));
-  CHECK(testing::contains(testing::message_of<ValueError>([&] { parse_attention({{"type", "routing"}, {"decay", 1.0}}); }), "decay"));
-  CHECK(testing::contains(testing::message_of<ValueError>([&] { parse_attention({{"type", "routing"}, {"local_heads", "x"}}); }),
+  CHECK(testing::contains(testing::message_of<ValueError>([&] {
+                            parse_attention({{"type", "routing"}, {"decay", 1.0}});
+                          }),
+                          "decay"));
+  CHECK(testing::contains(testing::message_of<ValueError>([&] {
+                            parse_attention({{"type", "routing"}, {"local_heads", "x"}});
+                          }),
                           "local_heads"));
   Generator g(8);
   Tensor q = randn({1, 4, 6, 8}, DType::f32, &g), k = randn({1, 4, 5, 8}, DType::f32, &g);

@@ -28,6 +28,7 @@
 #include "attention/entmax_attention.h"
 #include "attention/flash.h"
 #include "attention/local.h"
+#include "attention/routing_attention.h"
 #include "attention/sinkformer.h"
 #include "autograd/grad_mode.h"
 #include "core/allocator.h"
@@ -52,8 +53,8 @@ struct Options {
   double min_time_ms = -1;
   bool quick = false;
   int64_t threads = 0;      // 0: leave OpenMP / OpenBLAS defaults
-  int64_t max_n = 0;        // attention, entmax, sinkformer: largest sequence length (0: the section's default)
-  int64_t torch_max_n = 0;  // sinkformer: largest n run in PyTorch (0: 2048)
+  int64_t max_n = 0;        // attention, entmax, sinkformer, routing: largest sequence length (0: the section's default)
+  int64_t torch_max_n = 0;  // sinkformer, routing: largest n run in PyTorch (0: 2048; routing 16384)
   std::string json_path;
 };
 
@@ -1001,6 +1002,108 @@ void entmax_attention_table(Context& ctx) {
   ctx.results["entmax_attention"] = rows;
 }
 
+// ---- routing: k-means routing attention on cluster segments against PyTorch ----------------------
+
+// q, v [1, 8, n, 64] f32, non-causal (as attn_bench.py routing), k = round(√n) centroids, windows of
+// w = n / k: the whole method's forward+backward as a layer runs it (LN of the shared q/k, routing by
+// centroid scores and top-w, sort, block-sparse engine on the segments, scatter-mean back) on random
+// inputs and centroids. Time grows as n·k·d (routing) + k·w²·d (attention) = O(n^1.5 d); the fitted
+// exponent of time vs n is printed. PyTorch (attn_bench.py routing) gathers copies the same way but
+// without a fused kernel.
+void section_routing(Context& ctx) {
+  const int64_t B = 1, H = 8, d = 64;
+  std::vector<int64_t> sizes;
+  for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{1024, 2048}
+                                 : std::vector<int64_t>{2048, 4096, 8192, 16384, 32768, 65536})
+    if (n <= (ctx.opt.max_n > 0 ? ctx.opt.max_n : 65536)) sizes.push_back(n);
+  const int64_t torch_max_n = ctx.opt.torch_max_n ? ctx.opt.torch_max_n : (ctx.opt.quick ? 2048 : 16384);
+  const double min_ms = ctx.opt.quick ? 100 : 1000;
+  const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
+  std::printf(
+      "\n== routing: q, v [%lld, %lld, n, %lld] f32, non-causal, k = round(sqrt n) clusters of w = n / k; "
+      "attnlab (LN, route, sort, block-sparse engine, scatter-mean) vs PyTorch attn_bench.py routing "
+      "(%d threads, n <= %lld)\n   ratio = PyTorch / attnlab fwd+bwd; peak = extra memory of one fwd+bwd; "
+      "target: >= 2x PyTorch @8K, time ~ n^1.5\n\n",
+      (long long)B, (long long)H, (long long)d, threads, (long long)torch_max_n);
+  bench::Table table({{"n", 6},
+                      {"k x w", 10},
+                      {"fwd ms", 9},
+                      {"f+b ms", 9},
+                      {"torch f+b", 9},
+                      {"ratio", 6},
+                      {"target", 6},
+                      {"peak MiB", 9},
+                      {"torch MiB", 9}});
+  table.header();
+  json rows = json::array();
+  std::string why_missing;
+  bool torch_ok = true;
+  std::vector<double> log_n, log_t;
+  for (int64_t n : sizes) {
+    const int64_t k = std::max<int64_t>(1, std::llround(std::sqrt(double(n)))), w = n / k;
+    Generator gen(ctx.seed, 2900 + uint64_t(n));
+    Tensor q = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor v = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor g = randn({B, H, n, d}, DType::f32, &gen);
+    Tensor mu = routing_layer_norm(randn({H, k, d}, DType::f32, &gen));
+    const double scale = 1.0 / std::sqrt(double(d));
+    auto attend = [&] {
+      Tensor xhat = routing_layer_norm(q);
+      return routing_attention(xhat, v, routing::route(xhat, mu, w), false, {}, scale);
+    };
+    auto fwd = [&] {
+      NoGradGuard ng;
+      Tensor out = attend();
+    };
+    auto fwdbwd = [&] {
+      q.zero_grad();
+      v.zero_grad();
+      attend().backward(g);
+    };
+    const double peak = peak_extra_mib(fwdbwd);
+    const double af = median_call_ms(fwd, min_ms), afb = median_call_ms(fwdbwd, min_ms);
+    log_n.push_back(std::log(double(n)));
+    log_t.push_back(std::log(afb));
+    double tfb = NAN, tpeak = NAN;
+    if (torch_ok && n <= torch_max_n) {
+      char args[160];
+      std::snprintf(args, sizeof args, "routing %lld --b %lld --h %lld --d %lld --threads %d", (long long)n,
+                    (long long)B, (long long)H, (long long)d, threads);
+      if (auto j = run_pytorch_baseline("attn_bench.py", args, &why_missing)) {
+        tfb = (*j)["fwdbwd_ms"].get<double>();
+        tpeak = (*j)["peak_fwdbwd_MiB"].get<double>();
+      } else {
+        torch_ok = false;
+        std::printf("   (PyTorch column empty: %s)\n", why_missing.c_str());
+      }
+    }
+    const double ratio = tfb / afb;
+    const char* verdict = n != 8192 || std::isnan(ratio) ? "-" : (ratio >= 2.0 ? "ok" : "LOW");
+    table.row({std::to_string(n), fmt("%lldx%lld", (long long)k, (long long)w), fmt("%.2f", af), fmt("%.2f", afb),
+               fmt("%.2f", tfb), fmt("%.2f", ratio), verdict, fmt("%.1f", peak), fmt("%.0f", tpeak)});
+    rows.push_back({{"n", n},
+                    {"clusters", k},
+                    {"window", w},
+                    {"attnlab_fwd_ms", af},
+                    {"attnlab_fwdbwd_ms", afb},
+                    {"attnlab_peak_fwdbwd_MiB", peak},
+                    {"pytorch_fwdbwd_ms", tfb},
+                    {"pytorch_peak_fwdbwd_MiB", tpeak},
+                    {"ratio_fwdbwd", ratio}});
+  }
+  // Least-squares slope of log time against log n.
+  if (log_n.size() >= 2) {
+    const double m = double(log_n.size());
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (size_t i = 0; i < log_n.size(); ++i)
+      sx += log_n[i], sy += log_t[i], sxx += log_n[i] * log_n[i], sxy += log_n[i] * log_t[i];
+    const double slope = (m * sxy - sx * sy) / (m * sxx - sx * sx);
+    std::printf("\n   fitted growth: fwd+bwd time ~ n^%.2f (O(n^1.5 d) expected)\n", slope);
+    ctx.results["routing_growth_exponent"] = slope;
+  }
+  ctx.results["routing"] = rows;
+}
+
 // ---- registry and driver -------------------------------------------------------------------
 
 const Section kSections[] = {
@@ -1016,6 +1119,8 @@ const Section kSections[] = {
     {"entmax-attn", "entmax attention alone (part of entmax)", entmax_attention_table},
     {"sinkformer", "streaming Sinkhorn attention fwd+bwd, both backward modes, memory vs PyTorch (attn_bench.py)",
      section_sinkformer},
+    {"routing", "routing attention fwd+bwd, memory, growth exponent vs PyTorch (attn_bench.py routing)",
+     section_routing},
 };
 
 std::string section_list() {
