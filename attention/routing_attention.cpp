@@ -512,6 +512,18 @@ Tensor RoutingAttention::route_and_attend(const Tensor& q, const Tensor& v, cons
     internals["cluster"] = r.nearest;  // [B, H, T]: each token's nearest centroid (local heads: its block)
     internals["count"] = r.count;      // [B, H, T]: clusters that took the token (0: unrouted)
     internals["index"] = r.index;      // [B, Hr, k·w]: the clusters' positions, segment by segment
+    // [B, H, T, T]: how many clusters hold both tokens (a picture of the clusters, causal or not).
+    Tensor together = zeros({B, Hr, T, T}, DType::f32);
+    const std::vector<int64_t> idx = r.index.to_vector<int64_t>();
+    float* pt = together.data<float>();
+    for (int64_t bh = 0; bh < B * Hr; ++bh)
+      for (int64_t c = 0; c < k; ++c)
+        for (int64_t a = 0; a < r.w; ++a)
+          for (int64_t b = 0; b < r.w; ++b) {
+            const int64_t i = idx[size_t((bh * k + c) * r.w + a)], j = idx[size_t((bh * k + c) * r.w + b)];
+            if (i >= 0 && j >= 0) pt[(bh * T + i) * T + j] += 1;
+          }
+    internals["together"] = together;
     internals["occupancy"] = occupancy;
     internals["centroids"] = centroids_->detach().clone();
     internals["drift"] = from_vector(drift_, {Hr});
@@ -549,6 +561,10 @@ Tensor RoutingAttention::forward(const Tensor& q, const Tensor& k, const Tensor&
     for (int64_t i = 0; i < block.numel(); ++i) block.data<int64_t>()[i] = (i % T) / opt_.local_block;
     internals["cluster"] = concat({block, internals.at("cluster")}, 1);
     internals["count"] = concat({ones({B, L, T}, DType::i64), internals.at("count")}, 1);
+    Tensor same_block = empty({B, L, T, T}, DType::f32);
+    for (int64_t i = 0; i < same_block.numel(); ++i)
+      same_block.data<float>()[i] = float((i / T) % T / opt_.local_block == (i % T) / opt_.local_block);
+    internals["together"] = concat({same_block, internals.at("together")}, 1);
   }
   return concat({local_out, routed}, 1);
 }

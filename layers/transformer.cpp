@@ -87,7 +87,8 @@ MultiHeadAttention::MultiHeadAttention(int64_t d_model, int64_t heads, const nlo
     fail<ValueError>("MultiHeadAttention", "d_model ", d_model, " is not divisible by ", heads, " heads");
   qkv = register_module("qkv", std::make_shared<Linear>(d_model, 3 * d_model, true, init_gen, t));
   out = register_module("out", std::make_shared<Linear>(d_model, d_model, true, init_gen, t));
-  method = register_module("method", make_attention(attention, AttentionContext{head_dim, heads, gen, t, max_len, layer}));
+  method =
+      register_module("method", make_attention(attention, AttentionContext{head_dim, heads, gen, t, max_len, layer}));
   drop = register_module("drop", std::make_shared<Dropout>(dropout_p, gen));
 }
 
@@ -110,8 +111,8 @@ Tensor MultiHeadAttention::forward(const Tensor& x, const AttentionMask& mask) c
 TransformerBlock::TransformerBlock(const ModelConfig& c, std::shared_ptr<Generator> gen, Generator& init_gen, DType t,
                                    int64_t layer) {
   ln1 = register_module("ln1", std::make_shared<LayerNorm>(c.d_model, 1e-5, t));
-  attn = register_module("attn", std::make_shared<MultiHeadAttention>(c.d_model, c.n_heads, c.attention, c.dropout,
-                                                                      gen, init_gen, t, c.max_len, layer));
+  attn = register_module("attn", std::make_shared<MultiHeadAttention>(c.d_model, c.n_heads, c.attention, c.dropout, gen,
+                                                                      init_gen, t, c.max_len, layer));
   ln2 = register_module("ln2", std::make_shared<LayerNorm>(c.d_model, 1e-5, t));
   mlp = register_module("mlp", std::make_shared<MLP>(c.d_model, c.d_ff, parse_activation(c.activation), c.dropout,
                                                      gen, init_gen, t));
@@ -132,7 +133,8 @@ TransformerTrunk::TransformerTrunk(const ModelConfig& c, std::shared_ptr<Generat
   else sinusoid_ = sinusoidal_positions(c.max_len, c.d_model, t);
   drop = register_module("drop", std::make_shared<Dropout>(c.dropout, gen));
   for (int64_t i = 0; i < c.n_layers; ++i)
-    blocks.push_back(register_module("blocks." + std::to_string(i), std::make_shared<TransformerBlock>(c, gen, init_gen, t, i)));
+    blocks.push_back(
+        register_module("blocks." + std::to_string(i), std::make_shared<TransformerBlock>(c, gen, init_gen, t, i)));
   ln_f = register_module("ln_f", std::make_shared<LayerNorm>(c.d_model, 1e-5, t));
 }
 

@@ -80,7 +80,8 @@ TEST_CASE("attention methods declare their keys: a typo is an error, not the def
   e = message_of<ValueError>([] { parse_attention({{"type", "softmax"}, {"impl", "fast"}}); });
   CHECK(contains(e, "attention.impl: must be one of fused, composite"));
   e = message_of<ValueError>([] { parse_attention({{"type", "sinkhorn"}}); });
-  CHECK(contains(e, "attention.type: unknown attention type 'sinkhorn' (known: entmax, local, sinkformer, softmax)"));
+  CHECK(contains(
+      e, "attention.type: unknown attention type 'sinkhorn' (known: entmax, local, routing, sinkformer, softmax)"));
   CHECK_NOTHROW(parse_attention("local"));
   // The layer and audit configs check the method the same way.
   e = message_of<ValueError>([] { LayerConfig::from_json({{"attention", {{"type", "local"}, {"blok", 2}}}}); });

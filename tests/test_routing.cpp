@@ -373,6 +373,7 @@ TEST_CASE("routing method: mixed heads (local first), internals, fused == compos
     CHECK(fused->internals.at("cluster").shape() == Shape{B, H, T});
     CHECK(fused->internals.at("cluster").to_vector<int64_t>()[5] == 1);  // head 0, token 5: local block 1
     CHECK(fused->internals.at("occupancy").shape() == Shape{2, 3});
+    CHECK(fused->internals.at("together").shape() == Shape{B, H, T, T});
     CHECK(sum(fused->internals.at("occupancy").to(DType::f64)).item<double>() == 2 * B * T);
   }
 }

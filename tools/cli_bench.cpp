@@ -53,7 +53,7 @@ struct Options {
   double min_time_ms = -1;
   bool quick = false;
   int64_t threads = 0;      // 0: leave OpenMP / OpenBLAS defaults
-  int64_t max_n = 0;        // attention, entmax, sinkformer, routing: largest sequence length (0: the section's default)
+  int64_t max_n = 0;        // attention, entmax, sinkformer, routing: largest n (0: the section's default)
   int64_t torch_max_n = 0;  // sinkformer, routing: largest n run in PyTorch (0: 2048; routing 16384)
   std::string json_path;
 };
@@ -1013,8 +1013,8 @@ void entmax_attention_table(Context& ctx) {
 void section_routing(Context& ctx) {
   const int64_t B = 1, H = 8, d = 64;
   std::vector<int64_t> sizes;
-  for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{1024, 2048}
-                                 : std::vector<int64_t>{2048, 4096, 8192, 16384, 32768, 65536})
+  for (int64_t n :
+       ctx.opt.quick ? std::vector<int64_t>{1024, 2048} : std::vector<int64_t>{2048, 4096, 8192, 16384, 32768, 65536})
     if (n <= (ctx.opt.max_n > 0 ? ctx.opt.max_n : 65536)) sizes.push_back(n);
   const int64_t torch_max_n = ctx.opt.torch_max_n ? ctx.opt.torch_max_n : (ctx.opt.quick ? 2048 : 16384);
   const double min_ms = ctx.opt.quick ? 100 : 1000;
