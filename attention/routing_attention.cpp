@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <numeric>
 
 #include "attention/block_sparse.h"
@@ -226,35 +227,68 @@ Routing route(const Tensor& xhat, const Tensor& centroids, int64_t w) {
   const int64_t B = xhat.size(0), H = xhat.size(1), T = xhat.size(2), k = centroids.size(1);
   if (w < 1 || w > T) fail<ValueError>(op, "window ", w, " must be in [1, T = ", T, "]");
   NoGradGuard ng;
-  // scores [B, H, T, k] = x̂ μᵀ, in f64 so that ties and near-ties do not depend on the dtype's rounding.
-  Tensor scores =
-      matmul(xhat.detach().to(DType::f64), centroids.to(DType::f64).transpose(1, 2).unsqueeze(0)).contiguous();
-  const double* ps = scores.data<double>();
+  // scores [B, H, k, T] = μ x̂ᵀ in the input's dtype (one GEMM per head): each cluster's scores are
+  // then a contiguous row for its top-w selection.
+  const DType dt = xhat.dtype();
+  Tensor scores = matmul(centroids.to(dt).unsqueeze(0), xhat.detach().transpose(-1, -2)).contiguous();
   Routing r;
   r.k = k, r.w = w, r.T = T;
   r.index = empty({B, H, k * w}, DType::i64);
   r.nearest = empty({B, H, T}, DType::i64);
   int64_t* pi = r.index.data<int64_t>();
   int64_t* pn = r.nearest.data<int64_t>();
-#pragma omp parallel for if (parallel_over(B * H * T * k)) schedule(dynamic, 1)
-  for (int64_t bh = 0; bh < B * H; ++bh) {
-    const double* sc = ps + bh * T * k;
-    for (int64_t t = 0; t < T; ++t)
-      pn[bh * T + t] = std::max_element(sc + t * k, sc + (t + 1) * k) - (sc + t * k);  // first max
-    std::vector<int64_t> order(static_cast<size_t>(T));
-    for (int64_t c = 0; c < k; ++c) {
-      // Top-w tokens of cluster c (official cluster_items: top_k over positions), ties to the earlier
-      // position, then back into position order so that the segment's causal mask is positional.
-      std::iota(order.begin(), order.end(), 0);
-      auto better = [&](int64_t a, int64_t b) {
-        const double sa = sc[a * k + c], sb = sc[b * k + c];
-        return sa > sb || (sa == sb && a < b);
-      };
-      std::nth_element(order.begin(), order.begin() + (w - 1), order.end(), better);
-      std::sort(order.begin(), order.begin() + w);
-      std::copy_n(order.begin(), w, pi + (bh * k + c) * w);
+  dispatch_floating(dt, op, [&]<class T_>() {
+    const T_* ps = scores.data<T_>();
+    const bool par = parallel_over(B * H * T * k);
+    // Nearest centroid per token: the first maximum over c.
+#pragma omp parallel for if (par) schedule(static)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const T_* sc = ps + bh * k * T;
+      std::vector<T_> best(sc, sc + T);
+      int64_t* near = pn + bh * T;
+      std::fill(near, near + T, 0);
+      for (int64_t c = 1; c < k; ++c) {
+        const T_* row = sc + c * T;
+        T_* b = best.data();
+#pragma omp simd
+        for (int64_t t = 0; t < T; ++t) {  // branch-free: vectorises
+          const bool gt = row[t] > b[t];
+          b[t] = gt ? row[t] : b[t];
+          near[t] = gt ? c : near[t];
+        }
+      }
     }
-  }
+    // Top-w tokens of each cluster (official cluster_items: top_k over positions), ties to the earlier
+    // position: one pass in position order with a heap of the w best so far. Its root is the member to
+    // evict (the lowest score, the latest among equals); a later token enters only with a strictly
+    // higher score, so the test is one well-predicted comparison for most tokens (w ≪ T). The members
+    // are then put back into position order: the segment's causal mask is positional.
+#pragma omp parallel if (par)
+    {
+      using Item = std::pair<T_, int64_t>;
+      auto keep_first = [](const Item& a, const Item& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      };
+      std::vector<Item> heap;
+      heap.reserve(static_cast<size_t>(w));
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t bc = 0; bc < B * H * k; ++bc) {
+        const T_* sc = ps + bc * T;
+        heap.clear();
+        for (int64_t t = 0; t < w; ++t) heap.push_back({sc[t], t});
+        std::make_heap(heap.begin(), heap.end(), keep_first);
+        for (int64_t t = w; t < T; ++t)
+          if (sc[t] > heap.front().first) {
+            std::pop_heap(heap.begin(), heap.end(), keep_first);
+            heap.back() = {sc[t], t};
+            std::push_heap(heap.begin(), heap.end(), keep_first);
+          }
+        int64_t* out = pi + bc * w;
+        for (int64_t s = 0; s < w; ++s) out[s] = heap[size_t(s)].second;
+        std::sort(out, out + w);
+      }
+    }
+  });
   r.count = counts_of(r.index, T);
   return r;
 }
