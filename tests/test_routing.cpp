@@ -17,6 +17,7 @@
 #include "layers/transformer.h"
 #include "tests/attention_support.h"
 #include "tests/support.h"
+#include "tools/lm_sample.h"
 
 using namespace attnlab;
 
@@ -428,6 +429,10 @@ TEST_CASE("a routing LM evaluates and samples before any training step (prefixes
     Tensor logits = lm.forward(from_vector(ids, {1, T}));
     testing::require_finite(logits);
   }
+  Generator g(9);
+  SampleOptions opts;
+  opts.length = 20;  // past max_len: the window slides
+  CHECK(generate(lm, {1, 2, 3}, opts, g).size() == 23);
   CHECK(lm.trunk->aux_loss().defined());
   CHECK(lm.state_dict().count("trunk.blocks.0.attn.method.centroids"));
 }
