@@ -17,6 +17,7 @@
 #include "layers/transformer.h"
 #include "tests/attention_support.h"
 #include "tests/support.h"
+#include "tools/layer_io.h"
 #include "tools/lm_sample.h"
 
 using namespace attnlab;
@@ -435,4 +436,20 @@ TEST_CASE("a routing LM evaluates and samples before any training step (prefixes
   CHECK(generate(lm, {1, 2, 3}, opts, g).size() == 23);
   CHECK(lm.trunk->aux_loss().defined());
   CHECK(lm.state_dict().count("trunk.blocks.0.attn.method.centroids"));
+}
+
+TEST_CASE("attnlab layer runs routing attention and writes its internals") {
+  Generator g(10);
+  nlohmann::json att = {{"type", "routing"}, {"clusters", 2}, {"local_heads", 1}, {"local_block", 4}};
+  LayerConfig cfg = LayerConfig::from_json({{"attention", att}, {"causal", true}});
+  TensorMap r = run_layer("attention", cfg,
+                          {{"q", randn({1, 2, 8, 4}, DType::f32, &g)},
+                           {"k", randn({1, 2, 8, 4}, DType::f32, &g)},
+                           {"v", randn({1, 2, 8, 4}, DType::f32, &g)}});
+  CHECK(r.at("out").shape() == Shape{1, 2, 8, 4});
+  CHECK(r.at("internals.attn").shape() == Shape{1, 2, 8, 8});
+  CHECK(r.count("internals.together"));
+  LayerConfig mha = LayerConfig::from_json({{"attention", att}, {"causal", true}, {"n_heads", 2}});
+  TensorMap m = run_layer("mha", mha, {{"x", randn({1, 8, 8}, DType::f32, &g)}});
+  CHECK(m.count("grad.x"));
 }
