@@ -150,21 +150,21 @@ struct StripGrid {
 };
 
 template <class T>
-StripGrid strip_grid(const SinkPlan& p, const Side<T>& s) {
+StripGrid strip_grid(const SinkPlan& p, const Side<T>& s, int64_t max_parts = kMaxParts) {
   StripGrid g{};
   g.ntile = (s.nx + p.bx - 1) / p.bx;
-  g.per_part = (g.ntile + kMaxParts - 1) / kMaxParts;
+  g.per_part = (g.ntile + max_parts - 1) / max_parts;
   g.parts = (g.ntile + g.per_part - 1) / g.per_part;
   g.ld = (s.ny + 15) / 16 * 16;
   return g;
 }
 
-// Runs body(bh, part, i0, i1, S, scratch) for every row tile, its strip S = scale x yᵀ computed;
-// scratch: `extra` elements per thread.
+// Runs body(bh, part, i0, i1, scratch) for every row tile, the tiles of a (batch·head, part) in order
+// by one thread; scratch: per_thread elements.
 template <class T, class Body>
-void for_strips(const SinkPlan& p, const Side<T>& s, const StripGrid& g, int64_t extra, double flops_per_entry,
-                Body&& body) {
-  const int64_t items = p.BH * g.parts, per_thread = p.bx * g.ld + extra;
+void for_parts(const SinkPlan& p, const Side<T>& s, const StripGrid& g, int64_t per_thread, double flops_per_entry,
+               Body&& body) {
+  const int64_t items = p.BH * g.parts;
   const bool par = run_parallel(double(p.BH) * double(s.nx) * double(s.ny) * flops_per_entry);
   const int nt = par ? omp_get_max_threads() : 1;
   Tensor buf = empty({nt, per_thread}, dtype_of<T>());
@@ -172,13 +172,21 @@ void for_strips(const SinkPlan& p, const Side<T>& s, const StripGrid& g, int64_t
 #pragma omp parallel for schedule(dynamic, 1) if (par) num_threads(nt)
   for (int64_t it = 0; it < items; ++it) {
     const int64_t bh = it / g.parts, part = it % g.parts;
-    T* S = b0 + int64_t(omp_get_thread_num()) * per_thread;
-    for (int64_t t = part * g.per_part; t < std::min(g.ntile, (part + 1) * g.per_part); ++t) {
-      const int64_t i0 = t * p.bx, i1 = std::min(i0 + p.bx, s.nx);
-      score_tile(p, s, bh, i0, i1 - i0, 0, s.ny, S, g.ld);
-      body(bh, part, i0, i1, S, S + p.bx * g.ld);
-    }
+    T* scratch = b0 + int64_t(omp_get_thread_num()) * per_thread;
+    for (int64_t t = part * g.per_part; t < std::min(g.ntile, (part + 1) * g.per_part); ++t)
+      body(bh, part, t * p.bx, std::min((t + 1) * p.bx, s.nx), scratch);
   }
+}
+
+// for_parts with each row tile's strip S = scale x yᵀ computed; body(bh, part, i0, i1, S, scratch),
+// scratch: `extra` elements after the strip.
+template <class T, class Body>
+void for_strips(const SinkPlan& p, const Side<T>& s, const StripGrid& g, int64_t extra, double flops_per_entry,
+                Body&& body) {
+  for_parts(p, s, g, p.bx * g.ld + extra, flops_per_entry, [&](int64_t bh, int64_t part, int64_t i0, int64_t i1, T* S) {
+    score_tile(p, s, bh, i0, i1 - i0, 0, s.ny, S, g.ld);
+    body(bh, part, i0, i1, S, S + p.bx * g.ld);
+  });
 }
 
 // e := S_row + bias, then f = −LSE(e) (−inf for an excluded row or one with no included column), e
@@ -442,26 +450,33 @@ bool low_rank_ok(const SinkPlan& p, const std::vector<Term<T>>& terms) {
   return dx + dy <= limit;  // false for NaN
 }
 
-// dX_i = scale Σ_j dS_ij Y_j with dS_ij = p_ij dPt_ij + Σ_t (xw_ti + yw_tj) exp(St_ij + xb_ti + yb_tj),
-// p the first term's matrix and dPt = X2_i Y2_jᵀ (dP = dO Vᵀ seen from this side); the terms after
-// the first from lr when set.
+// dQ_i = scale Σ_j dS_ij K_j and dK_j = scale Σ_i dS_ij Q_i from one pass over S, with
+// dS_ij = p_ij dP_ij + Σ_t (xw_ti + yw_tj) exp(S_ij + xb_ti + yb_tj), p the first term's matrix and
+// dP = dO Vᵀ; the terms after the first from lr when set. dQ rows have one writer; dK is summed per
+// part of the row tiles (two parts: each holds a [Tk, dh] copy per head) and the parts in order.
+constexpr int64_t kGradParts = 2;
+
 template <class T>
 void grad_pass(const SinkPlan& p, const Side<T>& s, const std::vector<Term<T>>& terms, const LowRank<T>* lr,
-               const Operand& x2, const Operand& y2, const T* y2t, T* dx) {
+               const Operand& go, const Operand& v, const T* vt, T* dq, T* dk) {
   const int64_t bx = p.bx, by = p.by, dh = p.dh;
   const size_t nterms = lr ? 1 : terms.size();
-  const double flops = double(6 * dh) + (lr ? 2.0 * double(lr->rank) : 20.0 * double(nterms));
-  for_row_tiles(p, s, 2 * bx * by + by, flops, [&](int64_t bh, int64_t i0, int64_t i1, T* S) {
+  const double flops = double(8 * dh) + (lr ? 2.0 * double(lr->rank) : 20.0 * double(nterms));
+  const StripGrid grid = strip_grid(p, s, kGradParts);
+  Tensor acc_t = zeros({p.BH, grid.parts, s.ny, dh}, dtype_of<T>());
+  T* acc = acc_t.data<T>();
+  for_parts(p, s, grid, 2 * bx * by + by, flops, [&](int64_t bh, int64_t part, int64_t i0, int64_t i1, T* S) {
     T* D = S + bx * by;
     T* e = D + bx * by;
     const int64_t mi = i1 - i0, b = bh / p.H, h = bh % p.H;
-    T* o = dx + (bh * s.nx + i0) * dh;
+    T* o = dq + (bh * s.nx + i0) * dh;
+    T* dkp = acc + (bh * grid.parts + part) * s.ny * dh;
     for (int64_t j0 = 0; j0 < s.ny; j0 += by) {
       const int64_t nj = std::min(by, s.ny - j0);
-      score_tile(p, s, bh, i0, mi, j0, nj, S, p.by);
-      const Mat<T> y2tile = y2t ? Mat<T>{y2t + bh * dh * s.ny + j0, s.ny, 1} : y2.template rows_t<T>(b, h, j0);
-      tile_gemm(mi, nj, dh, T(1), x2.template rows<T>(b, h, i0), y2tile, T(0), D, by);  // dPt
-      if (lr && lr->rank > 0)                                                           // dPt += U_i W_jᵀ
+      score_tile(p, s, bh, i0, mi, j0, nj, S, by);
+      const Mat<T> vtile = vt ? Mat<T>{vt + bh * dh * s.ny + j0, s.ny, 1} : v.template rows_t<T>(b, h, j0);
+      tile_gemm(mi, nj, dh, T(1), go.template rows<T>(b, h, i0), vtile, T(0), D, by);  // dP
+      if (lr && lr->rank > 0)                                                          // dP += U_i W_jᵀ
         tile_gemm(mi, nj, lr->rank, T(1), Mat<T>{lr->u.template data<T>() + (bh * s.nx + i0) * lr->rank, lr->rank, 1},
                   Mat<T>{lr->wt.template data<T>() + bh * lr->rank * s.ny + j0, s.ny, 1}, T(1), D, by);
       for (int64_t r = 0; r < mi; ++r) {
@@ -491,8 +506,15 @@ void grad_pass(const SinkPlan& p, const Side<T>& s, const std::vector<Term<T>>& 
         }
       }
       tile_gemm(mi, dh, nj, T(p.scale), Mat<T>{D, by, 1}, s.y->template rows<T>(b, h, j0), j0 ? T(1) : T(0), o, dh);
+      tile_gemm(nj, dh, mi, T(p.scale), Mat<T>{D, 1, by}, s.x->template rows<T>(b, h, i0), T(1), dkp + j0 * dh, dh);
     }
   });
+  for (int64_t bh = 0; bh < p.BH; ++bh) {
+    T* out = dk + bh * s.ny * dh;
+    std::copy(acc + bh * grid.parts * s.ny * dh, acc + (bh * grid.parts + 1) * s.ny * dh, out);
+    for (int64_t part = 1; part < grid.parts; ++part)
+      add_row(out, acc + (bh * grid.parts + part) * s.ny * dh, s.ny * dh);
+  }
 }
 
 // ---- forward -------------------------------------------------------------------------------------
@@ -679,7 +701,7 @@ Grads backward_kernel(const SinkPlan& p, const SinkhornOptions& opts, const Oper
   const T* gs = sv.gs.data<T>();
   const T *fT = fs + L * nq, *gT = gs + L * nk;
   const Tensor qt = pack_transposed<T>(p, q, p.Tq), kt = pack_transposed<T>(p, k, p.Tk);
-  const Tensor vt = pack_transposed<T>(p, v, p.Tk), got = pack_transposed<T>(p, go, p.Tq);
+  const Tensor vt = pack_transposed<T>(p, v, p.Tk);
   const Side<T> rows{&q, &k, data_or_null<T>(kt), p.Tq, p.Tk, p.mg.row_ok.data()};
   const Side<T> cols{&k, &q, data_or_null<T>(qt), p.Tk, p.Tq, p.mg.col_ok.data()};
 
@@ -744,14 +766,10 @@ Grads backward_kernel(const SinkPlan& p, const SinkhornOptions& opts, const Oper
     for (int64_t st = 1; st < L; ++st)
       terms.push_back({st % 2 ? wf + st * nq : nullptr, st % 2 ? nullptr : wg + st * nk, fs + st * nq, gs + st * nk});
   }
-  std::vector<Term<T>> transposed;
-  for (const Term<T>& tm : terms) transposed.push_back({tm.yw, tm.xw, tm.yb, tm.xb});
   const bool factored = low_rank_ok(p, terms);
   g_stats.low_rank = factored;
-  const LowRank<T> lr_rows = factored ? low_rank(p, rows, terms) : LowRank<T>{};
-  const LowRank<T> lr_cols = factored ? low_rank(p, cols, transposed) : LowRank<T>{};
-  grad_pass(p, rows, terms, factored ? &lr_rows : nullptr, go, v, data_or_null<T>(vt), gr.dq.data<T>());
-  grad_pass(p, cols, transposed, factored ? &lr_cols : nullptr, v, go, data_or_null<T>(got), gr.dk.data<T>());
+  const LowRank<T> lr = factored ? low_rank(p, rows, terms) : LowRank<T>{};
+  grad_pass(p, rows, terms, factored ? &lr : nullptr, go, v, data_or_null<T>(vt), gr.dq.data<T>(), gr.dk.data<T>());
   return gr;
 }
 
