@@ -344,12 +344,28 @@ void row_output_pass(const SinkPlan& p, const Side<T>& s, const T* g, T* f_out, 
 // c_i = row_weight(bh, i, t_i), and, when col is set, col_j = Σ_i exp(S_ij + f_i + g2_j) c_i (g2 == g:
 // the same e). The backward's matrix-vector products: unrolled, a column step's C w with the row
 // step before it, Rᵀ f̄ (f̄ updated by C w first); implicit, P β with Pᵀ α.
+// When g2 − g stays within kReuseLimit on the included columns, exp(S + f + g2) = e ∘ exp(g2 − g) by
+// columns, and that factor is applied to the column sums at the end: one exponential per score.
+template <class T>
+constexpr double kReuseLimit = sizeof(T) == 4 ? 30.0 : 300.0;
+
 template <class T, class RowWeight>
 void adjoint_pass(const SinkPlan& p, const Side<T>& s, const T* f, const T* g, const T* w, const T* g2, double* col,
                   RowWeight&& row_weight) {
   const StripGrid grid = strip_grid(p, s);
   const int64_t ny = s.ny;
   std::vector<double> acc(col ? size_t(p.BH * grid.parts * ny) : 0, 0.0);
+  std::vector<double> factor;  // exp(g2 − g) per column when reused (0 for excluded columns)
+  if (col && g2 != g) {
+    factor.resize(size_t(p.BH * ny));
+    for (int64_t e = 0; e < p.BH * ny && !factor.empty(); ++e) {
+      const bool excluded = std::isinf(g[e]) || std::isinf(g2[e]);
+      const double d = excluded ? 0.0 : double(g2[e]) - double(g[e]);
+      if (!(std::abs(d) <= kReuseLimit<T>)) factor.clear();  // NaN too
+      else factor[size_t(e)] = excluded ? 0.0 : std::exp(d);
+    }
+  }
+  const bool reuse = g2 == g || !factor.empty();
   for_strips(p, s, grid, grid.ld, 2.0 * double(p.dh) + 8.0,
              [&](int64_t bh, int64_t part, int64_t i0, int64_t i1, T* S, T* e) {
                double* a = col ? acc.data() + (bh * grid.parts + part) * ny : nullptr;
@@ -371,7 +387,7 @@ void adjoint_pass(const SinkPlan& p, const Side<T>& s, const T* f, const T* g, c
                  for (int64_t c = 0; c < ny; ++c) t += double(e[c]) * double(wj[c]);
                  const double ci = row_weight(bh, i, t);
                  if (!a || ci == 0) continue;
-                 if (g2 != g) {
+                 if (!reuse) {
                    const T* g2j = g2 + bh * ny;
 #pragma omp simd simdlen(kLanes <T>)
                    for (int64_t c = 0; c < ny; ++c) e[c] = srow[c] + g2j[c];
@@ -386,7 +402,7 @@ void adjoint_pass(const SinkPlan& p, const Side<T>& s, const T* f, const T* g, c
     for (int64_t j = 0; j < ny; ++j) {
       double sum = 0;
       for (int64_t part = 0; part < grid.parts; ++part) sum += acc[size_t((bh * grid.parts + part) * ny + j)];
-      col[bh * ny + j] = sum;
+      col[bh * ny + j] = factor.empty() ? sum : sum * factor[size_t(bh * ny + j)];
     }
 }
 
