@@ -194,9 +194,12 @@ void for_strips(const SinkPlan& p, const Side<T>& s, const StripGrid& g, int64_t
 template <class T>
 T row_potential(const T* srow, const T* bias, int64_t n, bool ok, T* e, T& l) {
   const T ninf = -std::numeric_limits<T>::infinity();
-#pragma omp simd simdlen(kLanes <T>)
-  for (int64_t c = 0; c < n; ++c) e[c] = srow[c] + bias[c];
-  const T m = row_max(e, n);
+  T m = ninf;
+#pragma omp simd simdlen(kLanes <T>) reduction(max : m)
+  for (int64_t c = 0; c < n; ++c) {
+    e[c] = srow[c] + bias[c];
+    m = e[c] > m ? e[c] : m;
+  }
   l = exp_row(e, n, m == ninf ? T(0) : m);
   return ok && !(m == ninf && l == T(0)) ? T(-(m + std::log(l))) : ninf;
 }
@@ -247,12 +250,13 @@ void column_lse_pass(const SinkPlan& p, const Side<T>& s, const T* f, T* g_out) 
   const T ninf = -std::numeric_limits<T>::infinity();
   const StripGrid grid = strip_grid(p, s);
   const size_t nacc = size_t(p.BH * grid.parts * s.ny);
-  std::vector<T> Ms(nacc, ninf), Ls(nacc, T(0));
+  Tensor ms_t = full({int64_t(nacc)}, double(ninf), dtype_of<T>()), ls_t = zeros({int64_t(nacc)}, dtype_of<T>());
+  T* Ms = ms_t.data<T>();
+  T* Ls = ls_t.data<T>();
   for_strips(p, s, grid, 2 * grid.ld, 2.0 * double(p.dh) + 8.0,
              [&](int64_t bh, int64_t part, int64_t i0, int64_t i1, T* S, T* e) {
                const size_t at = size_t((bh * grid.parts + part) * s.ny);
-               fold_columns(S, grid.ld, f + bh * s.nx + i0, i1 - i0, s.ny, Ms.data() + at, Ls.data() + at, e,
-                            e + grid.ld);
+               fold_columns(S, grid.ld, f + bh * s.nx + i0, i1 - i0, s.ny, Ms + at, Ls + at, e, e + grid.ld);
              });
   for (int64_t bh = 0; bh < p.BH; ++bh) {
     const int64_t b = bh / p.H;
@@ -281,11 +285,12 @@ template <class T>
 void row_col_pass(const SinkPlan& p, const Side<T>& s, const T* g_in, T* f_out, T* g_out) {
   const T ninf = -std::numeric_limits<T>::infinity();
   const StripGrid grid = strip_grid(p, s);
-  std::vector<T> sums(size_t(p.BH * grid.parts * s.ny), T(0));
+  Tensor sums_t = zeros({p.BH * grid.parts * s.ny}, dtype_of<T>());
+  T* sums = sums_t.data<T>();
   for_strips(p, s, grid, grid.ld, 2.0 * double(p.dh) + 8.0,
              [&](int64_t bh, int64_t part, int64_t i0, int64_t i1, T* S, T* e) {
                const int64_t b = bh / p.H, ny = s.ny;
-               T* col = sums.data() + (bh * grid.parts + part) * ny;
+               T* col = sums + (bh * grid.parts + part) * ny;
                for (int64_t r = 0; r < i1 - i0; ++r) {
                  T l;
                  const T f = row_potential(S + r * grid.ld, g_in + bh * ny, ny, s.x_ok[b * s.nx + i0 + r], e, l);
@@ -354,21 +359,24 @@ void adjoint_pass(const SinkPlan& p, const Side<T>& s, const T* f, const T* g, c
                   RowWeight&& row_weight) {
   const StripGrid grid = strip_grid(p, s);
   const int64_t ny = s.ny;
-  std::vector<double> acc(col ? size_t(p.BH * grid.parts * ny) : 0, 0.0);
-  std::vector<double> factor;  // exp(g2 − g) per column when reused (0 for excluded columns)
+  Tensor acc_t = zeros({col ? p.BH * grid.parts * ny : 0}, DType::f64);
+  double* acc = acc_t.data<double>();
+  Tensor factor_t;  // exp(g2 − g) per column when reused (0 for excluded columns)
   if (col && g2 != g) {
-    factor.resize(size_t(p.BH * ny));
-    for (int64_t e = 0; e < p.BH * ny && !factor.empty(); ++e) {
+    factor_t = empty({p.BH * ny}, DType::f64);
+    double* fa = factor_t.data<double>();
+    for (int64_t e = 0; e < p.BH * ny && factor_t.defined(); ++e) {
       const bool excluded = std::isinf(g[e]) || std::isinf(g2[e]);
       const double d = excluded ? 0.0 : double(g2[e]) - double(g[e]);
-      if (!(std::abs(d) <= kReuseLimit<T>)) factor.clear();  // NaN too
-      else factor[size_t(e)] = excluded ? 0.0 : std::exp(d);
+      if (!(std::abs(d) <= kReuseLimit<T>)) factor_t = Tensor();  // NaN too
+      else fa[e] = excluded ? 0.0 : std::exp(d);
     }
   }
-  const bool reuse = g2 == g || !factor.empty();
+  const double* factor = factor_t.defined() ? factor_t.data<double>() : nullptr;
+  const bool reuse = g2 == g || factor;
   for_strips(p, s, grid, grid.ld, 2.0 * double(p.dh) + 8.0,
              [&](int64_t bh, int64_t part, int64_t i0, int64_t i1, T* S, T* e) {
-               double* a = col ? acc.data() + (bh * grid.parts + part) * ny : nullptr;
+               double* a = col ? acc + (bh * grid.parts + part) * ny : nullptr;
                const T* wj = w + bh * ny;
                for (int64_t r = 0; r < i1 - i0; ++r) {
                  const int64_t i = i0 + r;
@@ -378,21 +386,13 @@ void adjoint_pass(const SinkPlan& p, const Side<T>& s, const T* f, const T* g, c
                    continue;
                  }
                  const T* srow = S + r * grid.ld;
-                 const T* gj = g + bh * ny;
-#pragma omp simd simdlen(kLanes <T>)
-                 for (int64_t c = 0; c < ny; ++c) e[c] = srow[c] + gj[c];
-                 exp_row(e, ny, T(-fi));
+                 exp_row_biased(e, srow, g + bh * ny, ny, T(-fi));
                  double t = 0;
 #pragma omp simd reduction(+ : t)
                  for (int64_t c = 0; c < ny; ++c) t += double(e[c]) * double(wj[c]);
                  const double ci = row_weight(bh, i, t);
                  if (!a || ci == 0) continue;
-                 if (!reuse) {
-                   const T* g2j = g2 + bh * ny;
-#pragma omp simd simdlen(kLanes <T>)
-                   for (int64_t c = 0; c < ny; ++c) e[c] = srow[c] + g2j[c];
-                   exp_row(e, ny, T(-fi));
-                 }
+                 if (!reuse) exp_row_biased(e, srow, g2 + bh * ny, ny, T(-fi));
 #pragma omp simd
                  for (int64_t c = 0; c < ny; ++c) a[c] += double(e[c]) * ci;
                }
@@ -402,7 +402,7 @@ void adjoint_pass(const SinkPlan& p, const Side<T>& s, const T* f, const T* g, c
     for (int64_t j = 0; j < ny; ++j) {
       double sum = 0;
       for (int64_t part = 0; part < grid.parts; ++part) sum += acc[size_t((bh * grid.parts + part) * ny + j)];
-      col[bh * ny + j] = factor.empty() ? sum : sum * factor[size_t(bh * ny + j)];
+      col[bh * ny + j] = factor ? sum * factor[bh * ny + j] : sum;
     }
 }
 
