@@ -374,9 +374,12 @@ void adjoint_pass(const SinkPlan& p, const Side<T>& s, const T* f, const T* g, c
   }
   const double* factor = factor_t.defined() ? factor_t.data<double>() : nullptr;
   const bool reuse = g2 == g || factor;
-  for_strips(p, s, grid, grid.ld, 2.0 * double(p.dh) + 8.0,
+  // Column sums: a strip's rows in T (at most bx terms), then in double across strips.
+  for_strips(p, s, grid, 2 * grid.ld, 2.0 * double(p.dh) + 8.0,
              [&](int64_t bh, int64_t part, int64_t i0, int64_t i1, T* S, T* e) {
                double* a = col ? acc + (bh * grid.parts + part) * ny : nullptr;
+               T* as = e + grid.ld;
+               if (a) std::fill(as, as + ny, T(0));
                const T* wj = w + bh * ny;
                for (int64_t r = 0; r < i1 - i0; ++r) {
                  const int64_t i = i0 + r;
@@ -393,8 +396,13 @@ void adjoint_pass(const SinkPlan& p, const Side<T>& s, const T* f, const T* g, c
                  const double ci = row_weight(bh, i, t);
                  if (!a || ci == 0) continue;
                  if (!reuse) exp_row_biased(e, srow, g2 + bh * ny, ny, T(-fi));
+                 const T cit = T(ci);
+#pragma omp simd simdlen(kLanes <T>)
+                 for (int64_t c = 0; c < ny; ++c) as[c] += e[c] * cit;
+               }
+               if (a) {
 #pragma omp simd
-                 for (int64_t c = 0; c < ny; ++c) a[c] += double(e[c]) * ci;
+                 for (int64_t c = 0; c < ny; ++c) a[c] += double(as[c]);
                }
              });
   if (!col) return;
