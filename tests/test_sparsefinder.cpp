@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <sstream>
 
 #include "attention/entmax_attention.h"
 #include "attention/graph_entmax.h"
@@ -13,10 +15,15 @@
 #include "optim/adam.h"
 #include "support.h"
 #include "tests/attention_support.h"
+#include "tests/lm_run_support.h"
+#include "tools/lm_trainer.h"
+#include "tools/sparsefinder_experiment.h"
 
 using namespace attnlab;
 using attnlab::testing::contains;
 using attnlab::testing::message_of;
+using attnlab::testing::TempDir;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -296,4 +303,87 @@ TEST_CASE("sparsefinder: projections train the hinge loss down on a teacher's gr
     opt.step();
   }
   CHECK(last < 0.7 * first);
+}
+
+TEST_CASE("entmax attention with a graph provider: the full causal graph gives the usual output") {
+  Generator g(30);
+  EntmaxAttention::Options o;
+  o.alpha = 1.5;
+  o.scale = 0.7;
+  EntmaxAttention m(o, 2, DType::f64);
+  Tensor q = randn({2, 2, 9, 4}, DType::f64, &g), k = randn({2, 2, 9, 4}, DType::f64, &g),
+         v = randn({2, 2, 9, 4}, DType::f64, &g);
+  const AttentionMask causal{true, {}};
+  Tensor full = m.forward(q, k, v, causal);
+  int calls = 0;
+  m.graph_provider = [&](const Tensor& qq, const Tensor& kk, const AttentionMask& mask) {
+    ++calls;
+    CHECK(qq.shape() == q.shape());
+    CHECK(mask.causal);
+    // Every pair (the future too): the method keeps only what the mask lets through.
+    return std::make_shared<const AttentionGraph>(sparsefinder::window_graph(2, 2, 9, 9, 100, 0, {}));
+  };
+  Tensor on_graph = m.forward(q, k, v, causal);
+  CHECK(calls == 1);
+  CHECK(allclose(on_graph, full, 1e-12, 1e-12));
+  // A window of 1 (each query its own key) gives v itself.
+  m.graph_provider = [](const Tensor&, const Tensor&, const AttentionMask&) {
+    return std::make_shared<const AttentionGraph>(sparsefinder::window_graph(2, 2, 9, 9, 1, 0, {}));
+  };
+  CHECK(allclose(m.forward(q, k, v, causal), v, 1e-12, 1e-12));
+}
+
+TEST_CASE("the sparsefinder experiment end to end on a tiny entmax run") {
+  TempDir tmp;
+  nlohmann::json j =
+      attnlab::testing::tiny_config(tmp.path.string(), attnlab::testing::write_corpus(tmp.path.string()));
+  j["model"]["attention"] = {{"type", "entmax"}, {"alpha", 1.5}};
+  j["model"]["dropout"] = 0.0;
+  std::ostringstream log;
+  LMTrainer(TrainConfig::from_json(j), false, log).run(6);
+  SparsefinderConfig cfg = parse_sparsefinder_config({{"run", tmp.path.string() + "/run"},
+                                                      {"out", tmp.path.string() + "/sf"},
+                                                      {"train_tokens", 256},
+                                                      {"eval_tokens", 128},
+                                                      {"steps", 5},
+                                                      {"batch", 4},
+                                                      {"block", 4},
+                                                      {"distances", {1, 4}},
+                                                      {"buckets", {2, 4}},
+                                                      {"clusters", {2, 3}},
+                                                      {"top_clusters", {1}},
+                                                      {"windows", {3, 64}},
+                                                      {"strides", {4}},
+                                                      {"densities", {0.3}},
+                                                      {"bpc_recalls", {1.0}},
+                                                      {"bpc_tokens", 200}});
+  nlohmann::json r = run_sparsefinder_experiment(cfg);
+  CHECK(fs::exists(tmp.path / "sf" / "pareto.png"));
+  CHECK(fs::exists(tmp.path / "sf" / "pareto.json"));
+  // 2 distances + 2 bucket sizes + 2 cluster counts + 2 windows + 1 stride + 1 density, each at 2 levels.
+  CHECK(r["pareto"].size() == 20);
+  double full_bpc = 0;
+  for (const auto& row : r["bpc"])
+    if (row["family"] == "full entmax") full_bpc = row["bpc"];
+  bool saw_full_window = false;
+  for (const auto& p : r["pareto"]) {
+    CHECK(p["sparsity"].get<double>() >= 0.0);
+    CHECK(p["recall"].get<double>() <= 1.0 + 1e-12);
+    if (p["family"] == "window" && p["param"] == 64 && p["level"] == "token") {
+      saw_full_window = true;  // a window over the whole sequence: every pair, so recall 1 and sparsity 0
+      CHECK(p["recall"].get<double>() == 1.0);
+      CHECK(p["sparsity"].get<double>() == doctest::Approx(0.0));
+    }
+  }
+  CHECK(saw_full_window);
+  // At recall 1 every family's graph holds each support: bpc equals full entmax's.
+  int at_full_recall = 0;
+  for (const auto& row : r["bpc"])
+    if (row["family"] != "full entmax") {
+      ++at_full_recall;
+      CHECK(row["bpc"].get<double>() == doctest::Approx(full_bpc).epsilon(1e-5));
+    }
+  CHECK(at_full_recall >= 1);
+  CHECK(contains(message_of<ValueError>([] { parse_sparsefinder_config({{"run", "x"}, {"rnak", 4}}); }), "rnak"));
+  CHECK(contains(message_of<ValueError>([] { parse_sparsefinder_config({{"out", "x"}}); }), "run"));
 }
