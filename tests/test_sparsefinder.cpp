@@ -241,6 +241,26 @@ TEST_CASE("sparsefinder: predictors against brute force") {
                             1, 0, 1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1});
 }
 
+TEST_CASE("sparsefinder: window graphs match their definition on every shape") {
+  for (int64_t Tq : {1, 5, 9})
+    for (int64_t Tk : {1, 6, 9})
+      for (int64_t window : {0, 1, 2, 3, 6, 20})
+        for (int64_t n_global : {0, 1, 4})
+          for (bool causal : {false, true}) {
+            const AttentionMask mask{causal, {}};
+            AttentionGraph w = sparsefinder::window_graph(1, 2, Tq, Tk, window, n_global, mask);
+            w.validate("test");
+            for (int64_t h = 0; h < 2; ++h)
+              for (int64_t i = 0; i < Tq; ++i)
+                for (int64_t j = 0; j < Tk; ++j) {
+                  const int64_t pos = i + Tk - Tq;
+                  const bool want = (!causal || j <= pos) &&
+                                    ((window > 0 && std::abs(pos - j) <= window / 2) || j < n_global || pos < n_global);
+                  CHECK(w.has(h, i, j) == want);
+                }
+          }
+}
+
 TEST_CASE("sparsefinder: sampled negatives are visible non-gold keys, as many as the positives") {
   Generator g(10);
   const int64_t B = 2, H = 2, T = 15;
