@@ -1005,10 +1005,9 @@ void entmax_attention_table(Context& ctx) {
 
 // ---- sparsefinder: entmax attention on a predicted graph against dense fused entmax -------------------
 
-// Peaked q, k (a band of support around the diagonal, as a trained char-LM's local heads) and graphs of
-// a window around the diagonal at three widths: the graph kernel's cost follows its edges, the dense
-// fused kernel's the n×n scores (less its zero tiles). The widest window holds the band: its output
-// equals dense entmax's (max|diff|).
+// Peaked q, k (support concentrated around the diagonal, as a trained char-LM's local heads) and graphs
+// of a window around the diagonal at three widths and the exact support: the graph kernel's cost
+// follows its edges, the dense fused kernel's the n×n scores (less its zero tiles).
 void section_sparsefinder(Context& ctx) {
   const int64_t B = 1, H = 8, d = 64;
   const int64_t max_n = ctx.opt.max_n > 0 ? ctx.opt.max_n : 16384;
@@ -1020,7 +1019,7 @@ void section_sparsefinder(Context& ctx) {
       "\n== sparsefinder: 1.5-entmax attention on a graph (graph_entmax_attention, compressed rows) vs dense fused\n"
       "   entmax attention, q, k, v [%lld, %lld, n, %lld] f32, peaked (positional) q, k, forward+backward;\n"
       "   graph = a window of w keys around each query (fixed w: time per token flat in n for the graph, growing\n"
-      "   for dense); sparsity = share of the n² pairs not computed;\n"
+      "   for dense), or the exact support (a perfect predictor); sparsity = share of the n² pairs not computed;\n"
       "   vs dense = dense time / graph time; max|diff| = largest output difference to dense entmax\n\n",
       (long long)B, (long long)H, (long long)d);
   bench::Table table({{"n", 6},
@@ -1053,8 +1052,14 @@ void section_sparsefinder(Context& ctx) {
       dense_out = entmax_attention(q, k, v, {}, scale, {1.5, {}});
     }
     const double dense = median_call_ms(fb([&] { return entmax_attention(q, k, v, {}, scale, {1.5, {}}); }), min_ms);
-    for (int64_t w : {65, 257, 1025}) {
-      auto graph = std::make_shared<const AttentionGraph>(sparsefinder::window_graph(B, H, n, n, w, 0, {}));
+    // The windows, and (n <= 4096: it is found by an O(n² d) scalar pass) the exact support itself, the
+    // graph of a perfect predictor: its output is dense entmax's.
+    std::vector<int64_t> windows = {65, 257, 1025};
+    if (n <= 4096) windows.push_back(0);
+    for (int64_t w : windows) {
+      auto graph = std::make_shared<const AttentionGraph>(
+          w > 0 ? sparsefinder::window_graph(B, H, n, n, w, 0, {})
+                : sparsefinder::entmax_support(q.detach(), k.detach(), {}, scale, 1.5));
       const double sparsity = 1.0 - double(graph->edges()) / (double(B * H) * double(n) * double(n));
       const double ms = median_call_ms(fb([&] { return graph_entmax_attention(q, k, v, graph, 1.5, scale); }), min_ms);
       Tensor out;
@@ -1063,10 +1068,10 @@ void section_sparsefinder(Context& ctx) {
         out = graph_entmax_attention(q, k, v, graph, 1.5, scale);
       }
       const double diff = bench::max_abs_diff(out.data<float>(), dense_out.data<float>(), out.numel());
-      table.row({std::to_string(n), std::to_string(w), fmt("%.3f", sparsity), fmt("%.1f", ms), fmt("%.1f", dense),
-                 fmt("%.2f", dense / ms), fmt("%.1e", diff)});
+      table.row({std::to_string(n), w > 0 ? std::to_string(w) : "support", fmt("%.3f", sparsity), fmt("%.1f", ms),
+                 fmt("%.1f", dense), fmt("%.2f", dense / ms), fmt("%.1e", diff)});
       rows.push_back({{"n", n},
-                      {"window", w},
+                      {"graph", w > 0 ? "window " + std::to_string(w) : "exact support"},
                       {"sparsity", sparsity},
                       {"graph_fwdbwd_ms", ms},
                       {"dense_entmax_fwdbwd_ms", dense},
