@@ -380,6 +380,7 @@ TEST_CASE("the sparsefinder experiment end to end on a tiny entmax run") {
   nlohmann::json r = run_sparsefinder_experiment(cfg);
   CHECK(fs::exists(tmp.path / "sf" / "pareto.png"));
   CHECK(fs::exists(tmp.path / "sf" / "pareto.json"));
+  CHECK(fs::exists(tmp.path / "sf" / "graphs.png"));
   // 2 distances + 2 bucket sizes + 2 cluster counts + 2 windows + 1 stride + 1 density, each at 2 levels.
   CHECK(r["pareto"].size() == 20);
   double full_bpc = 0;

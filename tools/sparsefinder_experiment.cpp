@@ -13,6 +13,7 @@
 #include "core/config.h"
 #include "datasets/corpus.h"
 #include "optim/adam.h"
+#include "tools/draw.h"
 #include "tools/plot.h"
 #include "tools/png.h"
 #include "tools/run_dir.h"
@@ -169,6 +170,31 @@ plot::Panel pareto_panel(const json& points, const std::string& level) {
   return panel;
 }
 
+// One validation window's first n queries and keys, per layer (rows) and head (columns): 0 neither,
+// 1 predicted only, 2 gold but missed, 3 gold and predicted.
+void draw_graphs(const std::string& path, const std::string& what, const std::vector<AttentionGraph>& pred,
+                 const std::vector<AttentionGraph>& gold, int64_t n) {
+  HeatmapGrid grid;
+  grid.title = "validation window 0, first " + std::to_string(n) + " characters: " + what +
+               " (1 predicted only, 2 gold missed, 3 gold predicted; grey: neither)";
+  grid.rows = int64_t(pred.size());
+  grid.cols = pred[0].H;
+  for (size_t l = 0; l < pred.size(); ++l) {
+    grid.row_labels.push_back("layer " + std::to_string(l));
+    for (int64_t h = 0; h < pred[l].H; ++h) {
+      std::vector<double> m(size_t(n * n), 0.0);
+      for (int64_t i = 0; i < std::min(n, pred[l].Tq); ++i)
+        for (int64_t j = 0; j < std::min(n, pred[l].Tk); ++j)
+          m[size_t(i * n + j)] = double(pred[l].has(h, i, j)) + 2.0 * double(gold[l].has(h, i, j));
+      grid.cells.push_back(from_vector(m, {n, n}, DType::f64));
+    }
+  }
+  for (int64_t h = 0; h < pred[0].H; ++h) grid.col_labels.push_back("head " + std::to_string(h));
+  HeatmapStyle style;
+  style.norm = "grid";
+  write_png(path, draw_heatmap_grid(grid, style));
+}
+
 }  // namespace
 
 SparsefinderConfig parse_sparsefinder_config(const json& j) {
@@ -317,9 +343,31 @@ json run_sparsefinder_experiment(const SparsefinderConfig& cfg) {
       std::cout << "  " << p.series() << " " << p.param << " (recall " << (*best)["recall"].get<double>()
                 << ", sparsity " << (*best)["sparsity"].get<double>() << "): " << b << " bpc\n";
     }
+  // The picture: the sparsest distance point reaching the first target recall (else the densest one).
+  {
+    const json* pick = nullptr;
+    for (const json& pt : points)
+      if (pt["level"] == "token" && pt["family"] == "distance" &&
+          (!pick || (pt["recall"].get<double>() >= cfg.bpc_recalls[0]
+                         ? (*pick)["recall"].get<double>() < cfg.bpc_recalls[0] ||
+                               pt["sparsity"].get<double>() > (*pick)["sparsity"].get<double>()
+                         : (*pick)["recall"].get<double>() < pt["recall"].get<double>())))
+        pick = &pt;
+    if (pick) {
+      const Predictor p{"distance", (*pick)["param"].get<double>()};
+      std::vector<AttentionGraph> pred, gold_one;
+      for (size_t l = 0; l < L; ++l) {
+        const Tensor q0 = eval[l].q.narrow(0, 0, 1), k0 = eval[l].k.narrow(0, 0, 1);
+        pred.push_back(predict(p, cfg, learned[l], q0, k0, causal, cfg.seed));
+        gold_one.push_back(entmax_support(q0, k0, causal, eval[l].scale, eval[l].alpha));
+      }
+      draw_graphs(cfg.out + "/graphs.png", "distance t = " + plot::format_value(p.param), pred, gold_one,
+                  std::min<int64_t>(96, eval[0].q.size(2)));
+    }
+  }
   json result{{"teacher", cfg.run}, {"step", run.step}, {"pareto", points}, {"bpc", bpc}};
   std::ofstream(cfg.out + "/pareto.json") << result.dump(1) << "\n";
-  std::cout << "  wrote " << cfg.out << "/pareto.json and " << cfg.out << "/pareto.png\n";
+  std::cout << "  wrote " << cfg.out << "/pareto.json, pareto.png and graphs.png\n";
   return result;
 }
 
