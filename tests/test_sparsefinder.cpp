@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "attention/entmax_attention.h"
@@ -407,4 +408,18 @@ TEST_CASE("the sparsefinder experiment end to end on a tiny entmax run") {
   CHECK(at_full_recall >= 1);
   CHECK(contains(message_of<ValueError>([] { parse_sparsefinder_config({{"run", "x"}, {"rnak", 4}}); }), "rnak"));
   CHECK(contains(message_of<ValueError>([] { parse_sparsefinder_config({{"out", "x"}}); }), "run"));
+}
+
+TEST_CASE("the shipped experiment configs parse") {
+  int n = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(ATTNLAB_SOURCE_DIR) / "configs" / "experiments")) {
+    if (entry.path().extension() != ".json") continue;
+    INFO(entry.path().string());
+    std::ifstream f(entry.path());
+    nlohmann::json j;
+    f >> j;
+    CHECK_NOTHROW(parse_sparsefinder_config(j));
+    ++n;
+  }
+  CHECK(n >= 1);
 }

@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
       "  OUT/pareto.png) and the model's validation bpc with attention computed on each predictor's graph.");
   std::string which, config, out;
   cmd.choice("experiment", which, {"sparsefinder"}, "the experiment")->required();
-  cmd.text("--config", config, "the experiment config (JSON, e.g. configs/sparsefinder-kjv.json)")
+  cmd.text("--config", config, "the experiment config (JSON, e.g. configs/experiments/sparsefinder-kjv.json)")
       ->type_name("FILE.json")
       ->required();
   cmd.text("--out", out, "override the config's out directory")->type_name("DIR");
