@@ -337,7 +337,7 @@ TEST_CASE("entmax attention with a graph provider: the full causal graph gives t
   const AttentionMask causal{true, {}};
   Tensor full = m.forward(q, k, v, causal);
   int calls = 0;
-  m.graph_provider = [&](const Tensor& qq, const Tensor& kk, const AttentionMask& mask) {
+  m.graph_provider = [&](const Tensor& qq, const Tensor&, const AttentionMask& mask) {
     ++calls;
     CHECK(qq.shape() == q.shape());
     CHECK(mask.causal);
