@@ -21,6 +21,7 @@
 
 #include "attention/entmax.h"
 #include "attention/entmax_power.h"
+#include "attention/graph_entmax.h"
 #include "attention/tiles.h"
 #include "autograd/anomaly.h"
 #include "autograd/cases.h"
@@ -672,6 +673,11 @@ Tensor EntmaxAttention::forward(const Tensor& q, const Tensor& k, const Tensor& 
     scale *= opt_.temperature;
   }
   const EntmaxAlpha alpha = current_alpha();
+  if (record_internals) {  // what attention was computed from: Sparsefinder's teacher extraction reads it
+    internals["q"] = qs.detach();
+    internals["k"] = k.detach();
+  }
+  if (graph_provider) return forward_on_graph(qs, k, v, mask, scale, alpha);
   EntmaxAttentionStats st;
   Tensor weights;
   Tensor out;
@@ -711,6 +717,34 @@ Tensor EntmaxAttention::forward(const Tensor& q, const Tensor& k, const Tensor& 
       if (st.tiles.defined()) internals["tiles"] = st.tiles;
     }
   }
+  return out;
+}
+
+double EntmaxAttention::score_scale() const {
+  return opt_.learn_temperature ? opt_.scale : opt_.scale * opt_.temperature;
+}
+
+Tensor EntmaxAttention::forward_on_graph(const Tensor& qs, const Tensor& k, const Tensor& v, const AttentionMask& mask,
+                                         double scale, const EntmaxAlpha& alpha) {
+  if (alpha.per_head.defined())
+    fail<ValueError>("entmax attention", "attention on a predicted graph takes a fixed alpha, not a learned one");
+  const std::shared_ptr<const AttentionGraph> graph = graph_provider(qs, k, mask);
+  if (!graph) fail<ValueError>("entmax attention", "the graph provider returned no graph");
+  // Only pairs the mask lets through: a predictor's graph must not open the future or padding.
+  const auto visible = std::make_shared<const AttentionGraph>(restrict_to_visible(*graph, mask));
+  Tensor out = graph_entmax_attention(qs, k, v, visible, alpha.value, scale);
+  // The mean number of computed pairs per query, per head (the support is not known here).
+  for (int64_t h = 0; h < n_heads_; ++h) {
+    double acc = 0;
+    int64_t rows = 0;
+    for (int64_t b = 0; b < visible->B; ++b)
+      for (int64_t i = 0; i < visible->Tq; ++i) {
+        const int64_t row = (b * n_heads_ + h) * visible->Tq + i, n = visible->end(row) - visible->begin(row);
+        acc += double(n), rows += n > 0;
+      }
+    support_[size_t(h)] = rows ? acc / double(rows) : 0.0;
+  }
+  if (record_internals) internals["graph"] = visible->to_mask();
   return out;
 }
 

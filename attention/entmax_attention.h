@@ -14,6 +14,7 @@
 // saved by the forward, and gives ∂L/∂α per head in the same sweep. Derivation: docs/entmax.md.
 #pragma once
 #include "attention/attention.h"
+#include "attention/attention_graph.h"
 #include "attention/softmax.h"
 
 namespace attnlab {
@@ -74,9 +75,21 @@ class EntmaxAttention : public AttentionMethod {
   Tensor alpha() const;        // [H], detached: the α of each head
   Tensor temperature() const;  // [H], detached
   const Options& options() const { return opt_; }
+  // The scale the scores get (the config's scale times a fixed temperature; a learned temperature
+  // multiplies q instead, and the recorded "q" internal includes it).
+  double score_scale() const;
+
+  // When set, attention is computed on the graph it returns for the (temperature-scaled) q, k and
+  // the mask, with graph_entmax_attention (Sparsefinder's attention on a predicted graph); a scalar α
+  // only. Unset (the default): full entmax attention.
+  using GraphProvider =
+      std::function<std::shared_ptr<const AttentionGraph>(const Tensor& q, const Tensor& k, const AttentionMask& m)>;
+  GraphProvider graph_provider;
 
  private:
   EntmaxAlpha current_alpha() const;
+  Tensor forward_on_graph(const Tensor& qs, const Tensor& k, const Tensor& v, const AttentionMask& mask, double scale,
+                          const EntmaxAlpha& alpha);
   Options opt_;
   int64_t n_heads_;
   // The registered parameters (Module::to replaces the tensors these point at), when learned.

@@ -1,7 +1,8 @@
 // Every JSON config parser through its public entry point, with what its CLI does next that is cheap
 // (the optimizer and schedule `train` builds, the attention method a model or layer builds, on tiny
 // shapes): model (layers/transformer.h), train (tools/train_config.h), audit (tools/audit_targets.h)
-// and layer (tools/layer_io.h) configs. An accepted config must survive its own to_json round trip.
+// and layer (tools/layer_io.h) configs, and the experiment configs (tools/sparsefinder_experiment.h).
+// An accepted config must survive its own to_json round trip.
 #include <cmath>
 #include <memory>
 
@@ -11,6 +12,7 @@
 #include "tools/audit_targets.h"
 #include "tools/layer_io.h"
 #include "tools/lm_trainer.h"
+#include "tools/sparsefinder_experiment.h"
 #include "tools/train_config.h"
 
 using namespace attnlab;
@@ -48,4 +50,13 @@ ATTNLAB_FUZZ_TARGET(layer_config) {
   LayerConfig c = LayerConfig::from_file(fuzz::write_input("layer.json", data, size));
   fuzz::check(LayerConfig::from_json(c.to_json()).to_json() == c.to_json(), "to_json round-trips");
   build_attention(c.attention);
+}
+
+ATTNLAB_FUZZ_TARGET(experiment_config) {
+  nlohmann::json j = nlohmann::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return;
+  SparsefinderConfig c = parse_sparsefinder_config(j);
+  fuzz::check(!c.run.empty() && c.rank >= 1 && c.batch >= 1 && c.block >= 1, "accepted values are in range");
+  for (int64_t top : c.top_clusters)
+    for (int64_t k : c.clusters) fuzz::check(top <= k, "top clusters never exceed the clusters");
 }

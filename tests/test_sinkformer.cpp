@@ -25,10 +25,10 @@ using attnlab::testing::message_of;
 namespace {
 
 using testing::check_close;
+using testing::random_padding;
 using testing::require_finite;
 using testing::Result;
 using testing::run;
-using testing::random_padding;
 using testing::TileGuard;
 
 struct ThreadCount {
@@ -95,27 +95,29 @@ TEST_CASE("sinkformer: fused == composite (output, dQ, dK, dV), unrolled, f64 an
 
 TEST_CASE("sinkformer: multi-threaded runs are bitwise equal to single-threaded ones (both backward modes)") {
   Generator g(77);
-  const int64_t B = 1, H = 3, T = 150, dh = 16;
-  for (DType dt : {DType::f64, DType::f32})
-    for (auto bw : {SinkhornBackward::unrolled, SinkhornBackward::implicit}) {
-      Tensor q = randn({B, H, T, dh}, dt, &g), k = randn({B, H, T, dh}, dt, &g), v = randn({B, H, T, dh}, dt, &g);
-      Tensor go = randn({B, H, T, dh}, dt, &g);
-      AttentionMask m{false, random_padding(g, B, T, 0.2)};
-      TileGuard tg({32, 48, 32, 48});
-      auto f = [&](auto& a, auto& b, auto& d) { return sinkformer_attention(a, b, d, m, 0.3, opts(6, bw)); };
-      Result one;
-      {
-        ThreadCount t1(1);
-        one = run(f, q, k, v, go);
+  const int64_t B = 1, H = 3, dh = 16;
+  // T = 300: 10 row tiles, two per part of the column sums; an odd count ends on the fused output pass.
+  for (auto [T, iters] : {std::pair<int64_t, int64_t>{150, 6}, {300, 5}})
+    for (DType dt : {DType::f64, DType::f32})
+      for (auto bw : {SinkhornBackward::unrolled, SinkhornBackward::implicit}) {
+        Tensor q = randn({B, H, T, dh}, dt, &g), k = randn({B, H, T, dh}, dt, &g), v = randn({B, H, T, dh}, dt, &g);
+        Tensor go = randn({B, H, T, dh}, dt, &g);
+        AttentionMask m{false, random_padding(g, B, T, 0.2)};
+        TileGuard tg({32, 48, 32, 48});
+        auto f = [&](auto& a, auto& b, auto& d) { return sinkformer_attention(a, b, d, m, 0.3, opts(iters, bw)); };
+        Result one;
+        {
+          ThreadCount t1(1);
+          one = run(f, q, k, v, go);
+        }
+        cpu::ScopedParallelGrain forced(0);
+        ThreadCount t3(3);
+        Result three = run(f, q, k, v, go);
+        CHECK(equal(one.out, three.out));
+        CHECK(equal(one.dq, three.dq));
+        CHECK(equal(one.dk, three.dk));
+        CHECK(equal(one.dv, three.dv));
       }
-      cpu::ScopedParallelGrain forced(0);
-      ThreadCount t3(3);
-      Result three = run(f, q, k, v, go);
-      CHECK(equal(one.out, three.out));
-      CHECK(equal(one.dq, three.dq));
-      CHECK(equal(one.dk, three.dk));
-      CHECK(equal(one.dv, three.dv));
-    }
 }
 
 TEST_CASE("sinkformer: one normalisation is softmax attention exactly") {
@@ -239,6 +241,35 @@ TEST_CASE("sinkformer: fully masked rows and columns stay finite, with zero outp
           for (double x : t.select(0, 0).select(1, pos).to(DType::f64).to_vector<double>()) CHECK(x == 0.0);
       }
     }
+}
+
+TEST_CASE("sinkformer: a key every query ignores (weights below the dtype's range) keeps fused == composite") {
+  // The fused column step sums the row-normalised weights; here key 0's are exp(-1000) for every
+  // query, so that sum underflows and the step must fall back to the log domain.
+  for (DType dt : {DType::f64, DType::f32}) {
+    Generator g(11);
+    const int64_t B = 1, H = 2, T = 70, dh = 4;
+    Tensor q = abs(randn({B, H, T, dh}, DType::f64, &g)) + 1.0, k = randn({B, H, T, dh}, DType::f64, &g);
+    Tensor v = randn({B, H, T, dh}, dt, &g), go = randn({B, H, T, dh}, dt, &g);
+    std::vector<double> kv = k.to_vector<double>();
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t d = 0; d < dh; ++d) kv[size_t(h * T * dh + d)] = -500.0;  // key 0 of every head
+    k = from_vector(kv, {B, H, T, dh}, DType::f64).to(dt);
+    q = q.to(dt);
+    TileGuard tg({16, 16, 16, 16});
+    for (int64_t iters : {4, 5}) {
+      Result fused = run([&](auto& a, auto& b, auto& d) { return sinkformer_attention(a, b, d, {}, 0.5, opts(iters)); },
+                         q, k, v, go);
+      Result ref =
+          run([&](auto& a, auto& b, auto& d) { return sinkformer_attention_composite(a, b, d, {}, 0.5, iters); }, q, k,
+              v, go);
+      for (const Tensor& t : {fused.out, fused.dq, fused.dk, fused.dv}) require_finite(t);
+      // In f32, scores of -1000 carry absolute errors of ~1e-4 and dQ multiplies them by |k_0| = 500:
+      // the gradients are compared in f64 only.
+      if (dt == DType::f64) check_close(fused, ref, 1e-9, 1e-9);
+      else CHECK(allclose(fused.out, ref.out, 1e-4, 1e-5));
+    }
+  }
 }
 
 TEST_CASE("sinkformer: bad inputs and options give clear errors") {

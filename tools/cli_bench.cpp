@@ -27,9 +27,11 @@
 #include "attention/entmax.h"
 #include "attention/entmax_attention.h"
 #include "attention/flash.h"
+#include "attention/graph_entmax.h"
 #include "attention/local.h"
 #include "attention/routing_attention.h"
 #include "attention/sinkformer.h"
+#include "attention/sparsefinder.h"
 #include "autograd/grad_mode.h"
 #include "core/allocator.h"
 #include "core/cpu/blas.h"
@@ -702,8 +704,8 @@ void section_sinkformer(Context& ctx) {
         NoGradGuard ng;
         Tensor ref = sinkformer_attention_composite(q, k, v, {}, scale, normalisations);
         Tensor ours = va.attend().detach();
-        va.diff = fmt("%.1e", bench::max_abs_diff(ours.contiguous().data<float>(), ref.contiguous().data<float>(),
-                                                  ours.numel()));
+        va.diff = fmt(
+            "%.1e", bench::max_abs_diff(ours.contiguous().data<float>(), ref.contiguous().data<float>(), ours.numel()));
       }
       const double first_f = timed_ms([&] { va.peak_f = peak_extra_mib(fwd); });
       const double first_fb = timed_ms([&] { va.peak_fb = peak_extra_mib(fwdbwd_of(va.attend)); });
@@ -712,8 +714,8 @@ void section_sinkformer(Context& ctx) {
       if (long_calls) va.afb.push_back(first_fb);
     }
     for (int r = 0; r < rounds; ++r) {
-      softmax_fb.push_back(median_call_ms(fwdbwd_of([&] { return flash_attention(q, k, v, {}, scale); }),
-                                          long_calls ? 0 : min_ms));
+      softmax_fb.push_back(
+          median_call_ms(fwdbwd_of([&] { return flash_attention(q, k, v, {}, scale); }), long_calls ? 0 : min_ms));
       if (!long_calls)
         for (Variant& va : variants) va.afb.push_back(median_call_ms(fwdbwd_of(va.attend), min_ms));
       if (!with_torch || !torch_ok) continue;
@@ -733,10 +735,10 @@ void section_sinkformer(Context& ctx) {
     for (const Variant& va : variants) {
       const double afb = bench::median(va.afb), ratio = va.ratio.empty() ? NAN : bench::median(va.ratio);
       const char* verdict = n != 2048 || std::isnan(ratio) ? "-" : (ratio >= 10 && va.peak_fb <= 64 ? "ok" : "LOW");
-      table.row({va.name, std::to_string(n), fmt("%.1f", va.af), fmt("%.1f", afb), fmt("%.0f", tfb),
-                 fmt("%.1f", ratio), fmt("%.1f", smfb), fmt("%.1f", afb / smfb), verdict,
-                 fmt("%.1f/%.1f", va.peak_f, va.peak_fb), fmt("%.0f", t_peak),
-                 va.o.backward == SinkhornBackward::implicit ? std::to_string(va.cg) : "-", va.diff});
+      table.row({va.name, std::to_string(n), fmt("%.1f", va.af), fmt("%.1f", afb), fmt("%.0f", tfb), fmt("%.1f", ratio),
+                 fmt("%.1f", smfb), fmt("%.1f", afb / smfb), verdict, fmt("%.1f/%.1f", va.peak_f, va.peak_fb),
+                 fmt("%.0f", t_peak), va.o.backward == SinkhornBackward::implicit ? std::to_string(va.cg) : "-",
+                 va.diff});
       rows.push_back({{"backward", va.name},
                       {"n", n},
                       {"normalisations", normalisations},
@@ -1104,6 +1106,84 @@ void section_routing(Context& ctx) {
   ctx.results["routing"] = rows;
 }
 
+// ---- sparsefinder: entmax attention on a predicted graph against dense fused entmax -------------------
+
+// Peaked q, k (support concentrated around the diagonal, as a trained char-LM's local heads) and graphs
+// of a window around the diagonal at three widths and the exact support: the graph kernel's cost
+// follows its edges, the dense fused kernel's the n×n scores (less its zero tiles).
+void section_sparsefinder(Context& ctx) {
+  const int64_t B = 1, H = 8, d = 64;
+  const int64_t max_n = ctx.opt.max_n > 0 ? ctx.opt.max_n : 16384;
+  std::vector<int64_t> sizes;
+  for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{512, 1024} : std::vector<int64_t>{2048, 4096, 8192, 16384})
+    if (n <= max_n) sizes.push_back(n);
+  const double min_ms = ctx.opt.quick ? 100 : 500;
+  std::printf(
+      "\n== sparsefinder: 1.5-entmax attention on a graph (graph_entmax_attention, compressed rows) vs dense fused\n"
+      "   entmax attention, q, k, v [%lld, %lld, n, %lld] f32, peaked (positional) q, k, forward+backward;\n"
+      "   graph = a window of w keys around each query (fixed w: time per token flat in n for the graph, growing\n"
+      "   for dense), or the exact support (a perfect predictor); sparsity = share of the n² pairs not computed;\n"
+      "   vs dense = dense time / graph time; max|diff| = largest output difference to dense entmax\n\n",
+      (long long)B, (long long)H, (long long)d);
+  bench::Table table({{"n", 6},
+                      {"window", 7},
+                      {"sparsity", 9},
+                      {"graph f+b ms", 12},
+                      {"dense f+b ms", 12},
+                      {"vs dense", 8},
+                      {"max|diff|", 9}});
+  table.header();
+  json rows = json::array();
+  for (int64_t n : sizes) {
+    Generator gen(ctx.seed, 2300 + uint64_t(n));
+    Tensor q = peaked(gen, B, H, n, d, 1.0).set_requires_grad(true);
+    Tensor k = peaked(gen, B, H, n, d, 1.0).set_requires_grad(true);
+    Tensor v = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor g = randn({B, H, n, d}, DType::f32, &gen);
+    const double scale = 1.0 / std::sqrt(double(d));
+    auto fb = [&](std::function<Tensor()> f) {
+      return [&, f] {
+        q.zero_grad();
+        k.zero_grad();
+        v.zero_grad();
+        f().backward(g);
+      };
+    };
+    Tensor dense_out;
+    {
+      NoGradGuard ng;
+      dense_out = entmax_attention(q, k, v, {}, scale, {1.5, {}});
+    }
+    const double dense = median_call_ms(fb([&] { return entmax_attention(q, k, v, {}, scale, {1.5, {}}); }), min_ms);
+    // The windows, and (n <= 4096: it is found by an O(n² d) scalar pass) the exact support itself, the
+    // graph of a perfect predictor: its output is dense entmax's.
+    std::vector<int64_t> windows = {65, 257, 1025};
+    if (n <= 4096) windows.push_back(0);
+    for (int64_t w : windows) {
+      auto graph = std::make_shared<const AttentionGraph>(
+          w > 0 ? sparsefinder::window_graph(B, H, n, n, w, 0, {})
+                : sparsefinder::entmax_support(q.detach(), k.detach(), {}, scale, 1.5));
+      const double sparsity = 1.0 - double(graph->edges()) / (double(B * H) * double(n) * double(n));
+      const double ms = median_call_ms(fb([&] { return graph_entmax_attention(q, k, v, graph, 1.5, scale); }), min_ms);
+      Tensor out;
+      {
+        NoGradGuard ng;
+        out = graph_entmax_attention(q, k, v, graph, 1.5, scale);
+      }
+      const double diff = bench::max_abs_diff(out.data<float>(), dense_out.data<float>(), out.numel());
+      table.row({std::to_string(n), w > 0 ? std::to_string(w) : "support", fmt("%.3f", sparsity), fmt("%.1f", ms),
+                 fmt("%.1f", dense), fmt("%.2f", dense / ms), fmt("%.1e", diff)});
+      rows.push_back({{"n", n},
+                      {"graph", w > 0 ? "window " + std::to_string(w) : "exact support"},
+                      {"sparsity", sparsity},
+                      {"graph_fwdbwd_ms", ms},
+                      {"dense_entmax_fwdbwd_ms", dense},
+                      {"max_abs_diff", diff}});
+    }
+  }
+  ctx.results["sparsefinder"] = rows;
+}
+
 // ---- registry and driver -------------------------------------------------------------------
 
 const Section kSections[] = {
@@ -1121,6 +1201,8 @@ const Section kSections[] = {
      section_sinkformer},
     {"routing", "routing attention fwd+bwd, memory, growth exponent vs PyTorch (attn_bench.py routing)",
      section_routing},
+    {"sparsefinder", "entmax attention on a graph (windows of three widths) vs dense fused entmax, fwd+bwd",
+     section_sparsefinder},
 };
 
 std::string section_list() {
