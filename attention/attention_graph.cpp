@@ -9,36 +9,6 @@ namespace attnlab {
 
 namespace {
 
-// Which pairs a mask lets through, and which queries count (a padded query, when queries and keys are
-// the same positions, is not a query: methods.md §5.4's valid pairs are non-padding × non-padding).
-struct Visibility {
-  int64_t Tq, Tk;
-  bool causal;
-  std::vector<uint8_t> pad;  // [B, Tk], empty: none
-
-  Visibility(const AttentionMask& m, int64_t B, int64_t tq, int64_t tk) : Tq(tq), Tk(tk), causal(m.causal) {
-    if (!m.key_padding.defined()) return;
-    if (m.key_padding.dim() != 2 || m.key_padding.size(0) != B || m.key_padding.size(1) != tk)
-      fail<ShapeError>("attention_graph", "key_padding must be [B, Tk] = [", B, ", ", tk, "], got ",
-                       describe(m.key_padding));
-    for (double x : m.key_padding.to(DType::f64).to_vector<double>()) pad.push_back(x != 0);
-  }
-  bool key(int64_t b, int64_t i, int64_t j) const {
-    if (causal && j > i + Tk - Tq) return false;
-    return pad.empty() || !pad[size_t(b * Tk + j)];
-  }
-  bool query(int64_t b, int64_t i) const { return pad.empty() || Tq != Tk || !pad[size_t(b * Tk + i)]; }
-  // |{j : key(b, i, j)}| for a valid query.
-  int64_t keys(int64_t b, int64_t i) const {
-    if (!query(b, i)) return 0;
-    const int64_t last = causal ? std::min(Tk, i + Tk - Tq + 1) : Tk;
-    if (pad.empty()) return std::max<int64_t>(last, 0);
-    int64_t n = 0;
-    for (int64_t j = 0; j < last; ++j) n += !pad[size_t(b * Tk + j)];
-    return n;
-  }
-};
-
 void check_same_shape(const char* op, const AttentionGraph& a, const AttentionGraph& b) {
   if (a.B != b.B || a.H != b.H || a.Tq != b.Tq || a.Tk != b.Tk)
     fail<ShapeError>(op, "graphs of different shapes: [", a.B, ", ", a.H, ", ", a.Tq, ", ", a.Tk, "] and [", b.B, ", ",
@@ -99,6 +69,31 @@ double mean(const std::vector<double>& v) {
 
 }  // namespace
 
+PairVisibility::PairVisibility(const AttentionMask& m, int64_t B, int64_t tq, int64_t tk)
+    : Tq(tq), Tk(tk), causal(m.causal) {
+  if (!m.key_padding.defined()) return;
+  if (m.key_padding.dim() != 2 || m.key_padding.size(0) != B || m.key_padding.size(1) != tk)
+    fail<ShapeError>("attention graph", "key_padding must be [B, Tk] = [", B, ", ", tk, "], got ",
+                     describe(m.key_padding));
+  for (double x : m.key_padding.to(DType::f64).to_vector<double>()) pad.push_back(x != 0);
+}
+
+bool PairVisibility::query(int64_t b, int64_t i) const { return pad.empty() || Tq != Tk || !pad[size_t(b * Tk + i)]; }
+
+bool PairVisibility::operator()(int64_t b, int64_t i, int64_t j) const {
+  if (causal && j > i + Tk - Tq) return false;
+  return query(b, i) && (pad.empty() || !pad[size_t(b * Tk + j)]);
+}
+
+int64_t PairVisibility::keys(int64_t b, int64_t i) const {
+  if (!query(b, i)) return 0;
+  const int64_t last = causal ? std::min(Tk, i + Tk - Tq + 1) : Tk;
+  if (pad.empty()) return std::max<int64_t>(last, 0);
+  int64_t n = 0;
+  for (int64_t j = 0; j < last; ++j) n += !pad[size_t(b * Tk + j)];
+  return n;
+}
+
 bool AttentionGraph::has(int64_t bh, int64_t i, int64_t j) const {
   const int64_t row = bh * Tq + i;
   const int32_t* first = cols.data() + begin(row);
@@ -150,13 +145,12 @@ Tensor AttentionGraph::to_mask() const {
 
 AttentionGraph restrict_to_visible(const AttentionGraph& g, const AttentionMask& mask) {
   g.validate("restrict_to_visible");
-  const Visibility vis(mask, g.B, g.Tq, g.Tk);
+  const PairVisibility vis(mask, g.B, g.Tq, g.Tk);
   AttentionGraph out{g.B, g.H, g.Tq, g.Tk, {0}, {}};
   for (int64_t r = 0; r < g.rows(); ++r) {
     const int64_t b = r / (g.H * g.Tq), i = r % g.Tq;
-    if (vis.query(b, i))
-      for (int64_t e = g.begin(r); e < g.end(r); ++e)
-        if (vis.key(b, i, g.cols[size_t(e)])) out.cols.push_back(g.cols[size_t(e)]);
+    for (int64_t e = g.begin(r); e < g.end(r); ++e)
+      if (vis(b, i, g.cols[size_t(e)])) out.cols.push_back(g.cols[size_t(e)]);
     out.row_ptr.push_back(out.edges());
   }
   return out;
@@ -187,16 +181,15 @@ AttentionGraph expand_blocks(const AttentionGraph& blocks, int64_t bq, int64_t b
   if (bq < 1 || bk < 1 || blocks.Tq != (Tq + bq - 1) / bq || blocks.Tk != (Tk + bk - 1) / bk)
     fail<ValueError>("expand_blocks", "a block graph of ", blocks.Tq, " x ", blocks.Tk, " blocks does not tile ", Tq,
                      " x ", Tk, " tokens in ", bq, " x ", bk, " blocks");
-  const Visibility vis(mask, blocks.B, Tq, Tk);
+  const PairVisibility vis(mask, blocks.B, Tq, Tk);
   AttentionGraph out{blocks.B, blocks.H, Tq, Tk, {0}, {}};
   for (int64_t bh = 0; bh < blocks.B * blocks.H; ++bh) {
     const int64_t b = bh / blocks.H;
     for (int64_t i = 0; i < Tq; ++i) {
       const int64_t row = bh * blocks.Tq + i / bq;
-      if (vis.query(b, i))
-        for (int64_t e = blocks.begin(row); e < blocks.end(row); ++e)
-          for (int64_t j = blocks.cols[size_t(e)] * bk; j < std::min(Tk, (blocks.cols[size_t(e)] + 1) * bk); ++j)
-            if (vis.key(b, i, j)) out.cols.push_back(int32_t(j));
+      for (int64_t e = blocks.begin(row); e < blocks.end(row); ++e)
+        for (int64_t j = blocks.cols[size_t(e)] * bk; j < std::min(Tk, (blocks.cols[size_t(e)] + 1) * bk); ++j)
+          if (vis(b, i, j)) out.cols.push_back(int32_t(j));
       out.row_ptr.push_back(out.edges());
     }
   }
@@ -208,9 +201,9 @@ double GraphMetrics::mean_recall() const { return mean(recall); }
 double GraphMetrics::mean_exact() const { return mean(exact); }
 
 GraphMetrics graph_metrics(const AttentionGraph& predicted, const AttentionGraph& gold, const AttentionMask& mask) {
-  const Visibility vis(mask, predicted.B, predicted.Tq, predicted.Tk);
+  const PairVisibility vis(mask, predicted.B, predicted.Tq, predicted.Tk);
   return metrics(
-      predicted, gold, [&](int64_t b, int64_t i, int64_t j) { return vis.query(b, i) && vis.key(b, i, j); },
+      predicted, gold, [&](int64_t b, int64_t i, int64_t j) { return vis(b, i, j); },
       [&](int64_t b, int64_t i) { return vis.keys(b, i); });
 }
 
@@ -218,13 +211,12 @@ GraphMetrics block_graph_metrics(const AttentionGraph& predicted, const Attentio
                                  int64_t bq, int64_t bk) {
   check_same_shape("block_graph_metrics", predicted, gold);
   // The valid tiles: those holding a valid pair (the same for every head).
-  const Visibility vis(mask, predicted.B, predicted.Tq, predicted.Tk);
+  const PairVisibility vis(mask, predicted.B, predicted.Tq, predicted.Tk);
   AttentionGraph all{predicted.B, 1, predicted.Tq, predicted.Tk, {0}, {}};
   for (int64_t b = 0; b < predicted.B; ++b)
     for (int64_t i = 0; i < predicted.Tq; ++i) {
-      if (vis.query(b, i))
-        for (int64_t j = 0; j < predicted.Tk; ++j)
-          if (vis.key(b, i, j)) all.cols.push_back(int32_t(j));
+      for (int64_t j = 0; j < predicted.Tk; ++j)
+        if (vis(b, i, j)) all.cols.push_back(int32_t(j));
       all.row_ptr.push_back(all.edges());
     }
   const AttentionGraph valid = block_graph(all, bq, bk);

@@ -31,6 +31,22 @@ struct AttentionGraph {
   void validate(const char* op) const;
 };
 
+// Which (query, key) pairs a mask lets through: causal (aligned at the end, query i at key position
+// i + Tk − Tq) and key padding; a padded query — when queries and keys are the same positions — is no
+// query (methods.md §5.4's valid pairs are non-padding × non-padding).
+class PairVisibility {
+ public:
+  PairVisibility(const AttentionMask& mask, int64_t B, int64_t Tq, int64_t Tk);  // ShapeError on bad padding
+  bool query(int64_t b, int64_t i) const;
+  bool operator()(int64_t b, int64_t i, int64_t j) const;
+  int64_t keys(int64_t b, int64_t i) const;  // visible keys of query i
+
+ private:
+  int64_t Tq, Tk;
+  bool causal;
+  std::vector<uint8_t> pad;  // [B, Tk]; empty: none
+};
+
 // The graph restricted to the pairs a mask allows (causal and key padding as in AttentionMask).
 AttentionGraph restrict_to_visible(const AttentionGraph& g, const AttentionMask& mask);
 
@@ -54,7 +70,7 @@ struct GraphMetrics {
 };
 GraphMetrics graph_metrics(const AttentionGraph& predicted, const AttentionGraph& gold, const AttentionMask& mask);
 // The same at block level: tiles of bq × bk, a tile valid when it holds a valid pair.
-GraphMetrics block_graph_metrics(const AttentionGraph& predicted, const AttentionGraph& gold,
-                                 const AttentionMask& mask, int64_t bq, int64_t bk);
+GraphMetrics block_graph_metrics(const AttentionGraph& predicted, const AttentionGraph& gold, const AttentionMask& mask,
+                                 int64_t bq, int64_t bk);
 
 }  // namespace attnlab

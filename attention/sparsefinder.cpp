@@ -16,30 +16,10 @@ namespace {
 
 constexpr const char* kHinge = "sparsefinder_hinge";
 
-// Visibility of pairs under a mask (causal aligned at the end, key padding; a padded query, when
-// queries and keys are the same positions, sees nothing).
-struct Visible {
-  int64_t Tq, Tk;
-  bool causal;
-  std::vector<uint8_t> pad;  // [B, Tk]
-  Visible(const AttentionMask& m, int64_t B, int64_t tq, int64_t tk) : Tq(tq), Tk(tk), causal(m.causal) {
-    if (!m.key_padding.defined()) return;
-    if (m.key_padding.dim() != 2 || m.key_padding.size(0) != B || m.key_padding.size(1) != tk)
-      fail<ShapeError>("sparsefinder", "key_padding must be [B, Tk] = [", B, ", ", tk, "], got ",
-                       describe(m.key_padding));
-    for (double x : m.key_padding.to(DType::f64).to_vector<double>()) pad.push_back(x != 0);
-  }
-  bool query(int64_t b, int64_t i) const { return pad.empty() || Tq != Tk || !pad[size_t(b * Tk + i)]; }
-  bool operator()(int64_t b, int64_t i, int64_t j) const {
-    if (causal && j > i + Tk - Tq) return false;
-    return query(b, i) && (pad.empty() || !pad[size_t(b * Tk + j)]);
-  }
-};
-
 // A graph of the pairs for which keep(bh, i, j) holds among the visible ones.
 template <class Keep>
 AttentionGraph build(int64_t B, int64_t H, int64_t Tq, int64_t Tk, const AttentionMask& mask, Keep&& keep) {
-  const Visible vis(mask, B, Tq, Tk);
+  const PairVisibility vis(mask, B, Tq, Tk);
   AttentionGraph g{B, H, Tq, Tk, {0}, {}};
   g.row_ptr.reserve(size_t(B * H * Tq + 1));
   for (int64_t bh = 0; bh < B * H; ++bh)
@@ -149,7 +129,7 @@ AttentionGraph entmax_support(const Tensor& q, const Tensor& k, const AttentionM
   if (!(alpha > 1) || !std::isfinite(alpha)) fail<ValueError>(op, "alpha must be a finite number > 1, got ", alpha);
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Tk = k.size(2), dh = q.size(3);
   const std::vector<double> qv = values(q), kv = values(k);
-  const Visible vis(mask, B, Tq, Tk);
+  const PairVisibility vis(mask, B, Tq, Tk);
   AttentionGraph g{B, H, Tq, Tk, {0}, {}};
   std::vector<double> z, p, scratch;
   std::vector<int32_t> keys;
@@ -183,7 +163,7 @@ AttentionGraph entmax_support(const Tensor& q, const Tensor& k, const AttentionM
 
 PairSample sample_pairs(const AttentionGraph& gold, const AttentionMask& mask, Generator& gen) {
   gold.validate("sparsefinder::sample_pairs");
-  const Visible vis(mask, gold.B, gold.Tq, gold.Tk);
+  const PairVisibility vis(mask, gold.B, gold.Tq, gold.Tk);
   PairSample s{{gold.B, gold.H, gold.Tq, gold.Tk, {0}, {}}, {gold.B, gold.H, gold.Tq, gold.Tk, {0}, {}}, {}};
   for (int64_t b = 0; b < gold.B; ++b) {
     int64_t n = 0;
@@ -434,7 +414,7 @@ AttentionGraph window_graph(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_
   if (window < 0 || n_global < 0)
     fail<ValueError>("sparsefinder::window_graph", "window and n_global must be >= 0, got ", window, ", ", n_global);
   // Row by row over the window's range only (the benchmark builds windows at n = 16K).
-  const Visible vis(mask, B, Tq, Tk);
+  const PairVisibility vis(mask, B, Tq, Tk);
   AttentionGraph g{B, H, Tq, Tk, {0}, {}};
   for (int64_t bh = 0; bh < B * H; ++bh)
     for (int64_t i = 0; i < Tq; ++i) {

@@ -211,8 +211,9 @@ void panel(int64_t m, int64_t kdim, float alpha, const float* a, int64_t ars, in
     ATTNLAB_FLASH_ROWS(2)
     ATTNLAB_FLASH_ROWS(3)
     ATTNLAB_FLASH_ROWS(4)
-    ATTNLAB_FLASH_ROWS(5) ATTNLAB_FLASH_ROWS(6) ATTNLAB_FLASH_ROWS(7) ATTNLAB_FLASH_ROWS(8) ATTNLAB_FLASH_ROWS(9)
-        ATTNLAB_FLASH_ROWS(10) ATTNLAB_FLASH_ROWS(11) ATTNLAB_FLASH_ROWS(12) ATTNLAB_FLASH_ROWS(13)
+    ATTNLAB_FLASH_ROWS(5)
+    ATTNLAB_FLASH_ROWS(6) ATTNLAB_FLASH_ROWS(7) ATTNLAB_FLASH_ROWS(8) ATTNLAB_FLASH_ROWS(9) ATTNLAB_FLASH_ROWS(10)
+        ATTNLAB_FLASH_ROWS(11) ATTNLAB_FLASH_ROWS(12) ATTNLAB_FLASH_ROWS(13)
 #undef ATTNLAB_FLASH_ROWS
             default : break;
   }
@@ -388,23 +389,27 @@ T row_max(const T* x, int64_t n) {
 }
 #endif
 
-// x := exp(x - sub); returns the sum.
-template <class T>
-T exp_row(T* x, int64_t n, T sub) {
+// dst := exp(x (+ bias when kBias) − sub) (dst may be x); returns the sum.
+template <bool kBias, class T>
+T exp_sweep(T* dst, const T* x, const T* bias, int64_t n, T sub) {
 #if ATTNLAB_FLASH_AVX512
   if constexpr (std::is_same_v<T, float>) {
     const __m512 vs = _mm512_set1_ps(sub);
     __m512 acc = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-      const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vs));
-      _mm512_storeu_ps(x + i, e);
+      __m512 v = _mm512_loadu_ps(x + i);
+      if constexpr (kBias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + i));
+      const __m512 e = exp16(_mm512_sub_ps(v, vs));
+      _mm512_storeu_ps(dst + i, e);
       acc = _mm512_add_ps(acc, e);
     }
     if (i < n) {
       const __mmask16 m = __mmask16((1u << (n - i)) - 1);
-      const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vs));
-      _mm512_mask_storeu_ps(x + i, m, e);
+      __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+      if constexpr (kBias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + i));
+      const __m512 e = exp16(_mm512_sub_ps(v, vs));
+      _mm512_mask_storeu_ps(dst + i, m, e);
       acc = _mm512_mask_add_ps(acc, m, acc, e);
     }
     alignas(64) float lanes[16];  // (not _mm512_reduce_add_ps: the same GCC 12 warning)
@@ -417,48 +422,23 @@ T exp_row(T* x, int64_t n, T sub) {
   T s = 0;
 #pragma omp simd simdlen(kLanes <T>) reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) {
-    const T e = cpu::exp_fast(T(x[i] - sub));
-    x[i] = e;
+    const T e = cpu::exp_fast(T((kBias ? x[i] + bias[i] : x[i]) - sub));
+    dst[i] = e;
     s += e;
   }
   return s;
 }
 
+// x := exp(x - sub); returns the sum.
+template <class T>
+T exp_row(T* x, int64_t n, T sub) {
+  return exp_sweep<false>(x, x, static_cast<const T*>(nullptr), n, sub);
+}
+
 // dst := exp(x + bias − sub) (dst may be x); returns the sum. One sweep where add + exp_row take two.
 template <class T>
 T exp_row_biased(T* dst, const T* x, const T* bias, int64_t n, T sub) {
-#if ATTNLAB_FLASH_AVX512
-  if constexpr (std::is_same_v<T, float>) {
-    const __m512 vs = _mm512_set1_ps(sub);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-      const __m512 e = exp16(_mm512_sub_ps(_mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(bias + i)), vs));
-      _mm512_storeu_ps(dst + i, e);
-      acc = _mm512_add_ps(acc, e);
-    }
-    if (i < n) {
-      const __mmask16 m = __mmask16((1u << (n - i)) - 1);
-      const __m512 e =
-          exp16(_mm512_sub_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, bias + i)), vs));
-      _mm512_mask_storeu_ps(dst + i, m, e);
-      acc = _mm512_mask_add_ps(acc, m, acc, e);
-    }
-    alignas(64) float lanes[16];
-    _mm512_store_ps(lanes, acc);
-    float sum = 0;
-    for (float e : lanes) sum += e;
-    return sum;
-  }
-#endif
-  T s = 0;
-#pragma omp simd simdlen(kLanes <T>) reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) {
-    const T e = cpu::exp_fast(T(x[i] + bias[i] - sub));
-    dst[i] = e;
-    s += e;
-  }
-  return s;
+  return exp_sweep<true>(dst, x, bias, n, sub);
 }
 
 template <class T>
