@@ -75,6 +75,8 @@ const std::map<std::string, size_t> kPinnedOps = {
     {"scatter_add", 1},
     {"sigmoid", 3},
     {"sinkformer_attention", 6},
+    {"sinkhorn_attention", 3},
+    {"sinkhorn_balance", 3},
     {"slice", 3},
     {"softmax", 2},
     {"sparsemax", 4},
