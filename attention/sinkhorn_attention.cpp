@@ -28,7 +28,13 @@ constexpr const char* kOp = "sinkhorn_attention";
 struct Geometry {
   int64_t B, H, T, dh, b, nb, tp, rows;
   Geometry(const Tensor& q, const Options& o)
-      : B(q.size(0)), H(q.size(1)), T(q.size(2)), dh(q.size(3)), b(o.block), nb((T + b - 1) / b), tp(nb * b),
+      : B(q.size(0)),
+        H(q.size(1)),
+        T(q.size(2)),
+        dh(q.size(3)),
+        b(o.block),
+        nb((T + b - 1) / b),
+        tp(nb * b),
         rows(o.sortcut > 0 ? std::min(o.sortcut, nb) : nb) {}
 };
 
@@ -169,9 +175,10 @@ const OpDef kSinkhornAttention(
       }},
      {"causal, T 8 block 3, mean pooling on queries and keys, key padding",
       [](Generator& g) {
-        return Inputs{rn(g, {2, 1, 8, 2}), rn(g, {2, 1, 8, 2}), rn(g, {2, 1, 8, 2}), rn(g, {1, 1, 4, 3}),
-                      rn(g, {1, 1, 1, 3}),
-                      from_vector({0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 1}, {2, 8}, DType::b8)};
+        return Inputs{
+            rn(g, {2, 1, 8, 2}), rn(g, {2, 1, 8, 2}),
+            rn(g, {2, 1, 8, 2}), rn(g, {1, 1, 4, 3}),
+            rn(g, {1, 1, 1, 3}), from_vector({0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 1}, {2, 8}, DType::b8)};
       },
       [](const Inputs& in) {
         Options o;
@@ -215,13 +222,15 @@ Tensor sparse_sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor&
   z = z / o.temperature;
   const Tensor blocked = empty_blocks(valid, g);
   const SinkhornBalance sb{o.iterations, causal};
-  Tensor s = o.impl == AttentionImpl::fused ? sinkhorn_balance(z, blocked, sb) : sinkhorn_balance_composite(z, blocked, sb);
+  Tensor s =
+      o.impl == AttentionImpl::fused ? sinkhorn_balance(z, blocked, sb) : sinkhorn_balance_composite(z, blocked, sb);
   if (!training && o.hard) s = hard_permutation(s);
 
   // (3) Sort the key and value blocks: K^S = S · B(K), B(K) viewed as [N_B, b·dh] per head.
   const Tensor s_rows = g.rows == g.nb ? s : s.slice(2, 0, g.rows);
   auto sorted = [&](const Tensor& x) {
-    return matmul(s_rows, as_blocks(x, g).reshape({g.B, g.H, g.nb, g.b * g.dh})).reshape({g.B, g.H, g.rows * g.b, g.dh});
+    return matmul(s_rows, as_blocks(x, g).reshape({g.B, g.H, g.nb, g.b * g.dh}))
+        .reshape({g.B, g.H, g.rows * g.b, g.dh});
   };
   const int64_t tk = g.rows * g.b + g.T, BH = g.B * g.H;
   const Tensor kc = concat({sorted(kz), k}, 2).reshape({BH, 1, tk, g.dh});
@@ -233,10 +242,8 @@ Tensor sparse_sinkhorn_attention(const Tensor& q, const Tensor& k, const Tensor&
   const Tensor pad = folded_padding(s_rows, valid, mask, g);
   auto composite = [&](const Tensor& cq, const Tensor& ck, const Tensor& cv, Tensor* w) {
     const Tensor dense = block_sparse::dense_mask(layout);
-    return masked_softmax_attention_composite(cq, ck, cv,
-                                              pad.defined() ? blocked_by_either(dense, pad.reshape({BH, 1, 1, tk}))
-                                                            : dense,
-                                              o.scale, w);
+    return masked_softmax_attention_composite(
+        cq, ck, cv, pad.defined() ? blocked_by_either(dense, pad.reshape({BH, 1, 1, tk})) : dense, o.scale, w);
   };
   Tensor out = o.impl == AttentionImpl::fused
                    ? block_sparse_attention(kSinkhornAttention, qf, kc, vc, layout, {false, pad}, o.scale)
@@ -265,9 +272,8 @@ SparseSinkhornAttention::SparseSinkhornAttention(const SparseSinkhornOptions& op
   Generator fallback(0);
   Generator& init_gen = ctx.gen ? *ctx.gen : fallback;
   weight_ = &register_parameter(
-      "sort_weight",
-      init::uniform({1, ctx.n_heads, d_in, opts.max_blocks}, 1.0 / std::sqrt(double(std::max<int64_t>(d_in, 1))),
-                    ctx.dtype, init_gen));
+      "sort_weight", init::uniform({1, ctx.n_heads, d_in, opts.max_blocks},
+                                   1.0 / std::sqrt(double(std::max<int64_t>(d_in, 1))), ctx.dtype, init_gen));
   bias_ = &register_parameter("sort_bias", zeros({1, ctx.n_heads, 1, opts.max_blocks}, ctx.dtype));
 }
 
@@ -306,7 +312,7 @@ AttentionBuilder parse_sinkhorn_attention(ConfigSection& cfg) {
   o.temperature = cfg.number("temperature", o.temperature, NumberRange::above(0));
   o.noise = cfg.boolean("noise", o.noise);
   o.pooling = cfg.choice("pooling", "sum", {"sum", "mean"}) == "mean" ? SparseSinkhornOptions::Pooling::mean
-                                                                     : SparseSinkhornOptions::Pooling::sum;
+                                                                      : SparseSinkhornOptions::Pooling::sum;
   o.sort_on_queries = cfg.choice("sort_input", "keys", {"keys", "queries_keys"}) == "queries_keys";
   o.relu = cfg.choice("sortnet", "relu", {"relu", "linear"}) == "relu";
   o.local = cfg.boolean("local", o.local);

@@ -27,10 +27,10 @@ namespace attnlab {
 struct SparseSinkhornOptions {
   enum class Pooling { sum, mean };
   int64_t block = 64;
-  int64_t max_blocks = 64;     // the SortNet's output width: sequences may have at most this many blocks
-  int64_t iterations = 7;      // Sinkhorn iterations T (paper's best)
-  double temperature = 0.75;   // τ (paper's best)
-  bool noise = true;           // Gumbel noise while training (never in eval)
+  int64_t max_blocks = 64;    // the SortNet's output width: sequences may have at most this many blocks
+  int64_t iterations = 7;     // Sinkhorn iterations T (paper's best)
+  double temperature = 0.75;  // τ (paper's best)
+  bool noise = true;          // Gumbel noise while training (never in eval)
   Pooling pooling = Pooling::sum;
   bool sort_on_queries = false;  // SortNet input: pooled keys (false) or [pooled queries, pooled keys]
   bool relu = true;              // R = ReLU(s W + b) (paper); false: linear logits (as the LRA code)

@@ -105,6 +105,19 @@ void iterate(const T* z0, const uint8_t* blk, int64_t n, const SinkhornBalance& 
   }
 }
 
+// The iterates of one matrix from its logits z (n·n) with blocked entries set to −inf first.
+template <class T>
+struct Iterates {
+  std::vector<T> it, cs;
+  Iterates(const T* z, const uint8_t* blk, int64_t n, const SinkhornBalance& o)
+      : it(size_t(2 * o.iterations * n * n)), cs(o.causal ? size_t(o.iterations * n * n) : 0) {
+    std::vector<T> z0(z, z + n * n);
+    for (int64_t x = 0; x < n * n; ++x)
+      if (blk[x]) z0[size_t(x)] = -std::numeric_limits<T>::infinity();
+    iterate(z0.data(), blk, n, o, it.data(), cs.data());
+  }
+};
+
 // The unrolled backward of one matrix, from g = ∂L/∂S to ∂L/∂z0 (in zbar, n·n), t = T..1:
 //   column step  Ā_kj = Z̄_kj − exp(Z_kj) w_kj,  w_kj = Σ_{i ≥ k} Z̄_ij exp(C_kj − C_ij) over the rows
 //                whose normaliser holds k (all rows: w_kj = Σ_i Z̄_ij; causal: the suffix recurrence
@@ -182,17 +195,28 @@ const OpDef kSinkhornBalance(
     "S = exp(Z^T); t = T..1: Ā = Z̄ − exp(Z^t) ∘ w (w: column sums of Z̄, causal: suffix sums weighted by "
     "exp(C_k − C_i)), Z̄ = Ā − exp(A^t) ∘ rowsum(Ā); dz = Z̄^0 (0 where blocked)",
     {{"T 3 on [1, 2, 4, 4]",
-      [](Generator& g) { return Inputs{rn(g, {1, 2, 4, 4})}; },
-      [](const Inputs& in) { return sinkhorn_balance(in[0], {}, {3, false}); }},
+      [](Generator& g) {
+        return Inputs{rn(g, {1, 2, 4, 4})};
+      },
+      [](const Inputs& in) {
+        return sinkhorn_balance(in[0], {}, {3, false});
+      }},
      {"T 2, causal, last block padded (row and column blocked), [2, 1, 5, 5]",
       [](Generator& g) {
         std::vector<double> blk(25, 0);
         for (int i = 0; i < 5; ++i) blk[size_t(i * 5 + 4)] = blk[size_t(20 + i)] = 1;
         return Inputs{rn(g, {2, 1, 5, 5}), from_vector(blk, {1, 1, 5, 5}, DType::b8)};
       },
-      [](const Inputs& in) { return sinkhorn_balance(in[0], in[1], {2, true}); }},
-     {"T 7, causal, non-contiguous [1, 1, 4, 4]", [](Generator& g) { return Inputs{rn_t(g, {1, 1, 4, 4})}; },
-      [](const Inputs& in) { return sinkhorn_balance(in[0], {}, {7, true}); }}});
+      [](const Inputs& in) {
+        return sinkhorn_balance(in[0], in[1], {2, true});
+      }},
+     {"T 7, causal, non-contiguous [1, 1, 4, 4]",
+      [](Generator& g) {
+        return Inputs{rn_t(g, {1, 1, 4, 4})};
+      },
+      [](const Inputs& in) {
+        return sinkhorn_balance(in[0], {}, {7, true});
+      }}});
 
 }  // namespace
 
@@ -216,20 +240,14 @@ Tensor sinkhorn_balance(const Tensor& z, const Tensor& blocked, const SinkhornBa
     const T* pz = zc.data<T>();
     T* po = out.data<T>();
     for_each_matrix(mats, work, [&](int64_t m) {
-      std::vector<T> z0(pz + m * nn, pz + (m + 1) * nn), it(size_t(2 * o.iterations * nn)),
-          cs(o.causal ? size_t(o.iterations * nn) : 0);
-      const uint8_t* b = blk->data() + m * nn;
-      for (int64_t x = 0; x < nn; ++x)
-        if (b[x]) z0[size_t(x)] = -std::numeric_limits<T>::infinity();
-      iterate(z0.data(), b, n, o, it.data(), cs.data());
-      const T* zT = it.data() + (2 * o.iterations - 1) * nn;
+      const Iterates<T> its(pz + m * nn, blk->data() + m * nn, n, o);
+      const T* zT = its.it.data() + (2 * o.iterations - 1) * nn;
       for (int64_t x = 0; x < nn; ++x) po[m * nn + x] = std::exp(zT[x]);
     });
   });
   if (needs_grad({z}))
     record(out, kSinkhornBalance, {z},
-           [sz = SavedTensor(z.detach(), kOpName), blk, o, n, nn, mats](
-               const Tensor& g, const std::vector<bool>&) {
+           [sz = SavedTensor(z.detach(), kOpName), blk, o, n, nn, mats](const Tensor& g, const std::vector<bool>&) {
              const Tensor zc = sz.get().contiguous(), gc = g.contiguous();
              Tensor dz = empty(zc.shape(), zc.dtype());
              dispatch_floating(zc.dtype(), kOpName, [&]<class T>() {
@@ -238,14 +256,10 @@ Tensor sinkhorn_balance(const Tensor& z, const Tensor& blocked, const SinkhornBa
                for_each_matrix(mats, double(mats) * double(nn) * double(o.iterations) * 16, [&](int64_t m) {
                  // Recompute the iterates (2T + T·causal matrices of n², per thread) rather than keep
                  // them from the forward: the sort matrices of every layer would otherwise stay alive.
-                 std::vector<T> z0(pz + m * nn, pz + (m + 1) * nn), it(size_t(2 * o.iterations * nn)),
-                     cs(o.causal ? size_t(o.iterations * nn) : 0);
                  const uint8_t* b = blk->data() + m * nn;
-                 for (int64_t x = 0; x < nn; ++x)
-                   if (b[x]) z0[size_t(x)] = -std::numeric_limits<T>::infinity();
-                 iterate(z0.data(), b, n, o, it.data(), cs.data());
+                 const Iterates<T> its(pz + m * nn, b, n, o);
                  std::vector<double> w;
-                 backward_matrix(it.data(), cs.data(), pg + m * nn, n, o, pd + m * nn, w);
+                 backward_matrix(its.it.data(), its.cs.data(), pg + m * nn, n, o, pd + m * nn, w);
                  for (int64_t x = 0; x < nn; ++x)
                    if (b[x]) pd[m * nn + x] = T(0);
                });
@@ -292,7 +306,8 @@ Tensor hard_permutation(const Tensor& s) {
     const double* sm = v.data() + m * nn;
     std::iota(order.begin(), order.end(), 0);
     // Largest first; ties by index, so the result does not depend on the sort's implementation.
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return sm[a] > sm[b] || (sm[a] == sm[b] && a < b); });
+    std::sort(order.begin(), order.end(),
+              [&](int64_t a, int64_t b) { return sm[a] > sm[b] || (sm[a] == sm[b] && a < b); });
     std::vector<char> row_used(size_t(n), 0), col_used(size_t(n), 0);
     for (int64_t x : order) {
       if (!(sm[x] > 0)) break;

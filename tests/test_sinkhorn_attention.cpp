@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <numeric>
+#include <sstream>
 
 #include "attention/attention.h"
 #include "attention/sinkhorn_attention.h"
@@ -14,6 +15,9 @@
 #include "autograd/grad_mode.h"
 #include "core/rng.h"
 #include "tests/support.h"
+#include "tools/draw.h"
+#include "tools/run_dir.h"
+#include "tools/sort_trainer.h"
 
 using namespace attnlab;
 using testing::contains;
@@ -43,7 +47,8 @@ std::vector<Tensor> layer_grads(const Tensor& q, const Tensor& k, const Tensor& 
   std::vector<Tensor> leaves;
   for (const Tensor& t : {q, k, v, net.weight, net.bias}) leaves.push_back(t.detach().clone().set_requires_grad(true));
   Generator noise(noise_seed);
-  Tensor out = sparse_sinkhorn_attention(leaves[0], leaves[1], leaves[2], mask, {leaves[3], leaves[4]}, o, &noise, true);
+  Tensor out =
+      sparse_sinkhorn_attention(leaves[0], leaves[1], leaves[2], mask, {leaves[3], leaves[4]}, o, &noise, true);
   out.backward(go);
   std::vector<Tensor> r{out.detach()};
   for (const Tensor& l : leaves) r.push_back(l.grad());
@@ -74,8 +79,8 @@ void check_fused_vs_composite(Options o, const AttentionMask& mask, int64_t B, i
 
 TEST_CASE("sinkhorn_balance: fused == composite, forward and gradient (plain, causal, masked)") {
   Generator g(3);
-  const Tensor pad_mask = from_vector(std::vector<double>{0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1}, {1, 1, 4, 4},
-                                      DType::b8);
+  const Tensor pad_mask =
+      from_vector(std::vector<double>{0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1, 1}, {1, 1, 4, 4}, DType::b8);
   for (bool causal : {false, true})
     for (int64_t T : {1, 3, 7})
       for (bool masked : {false, true}) {
@@ -145,7 +150,8 @@ TEST_CASE("sinkhorn_balance: causal rows depend on the logits of rows <= i only"
       const std::vector<double> moved = vec(sinkhorn_balance(from_vector(zz, z.shape(), dt), {}, {7, true}));
       for (int64_t h = 0; h < 2; ++h)
         for (int64_t i = 0; i < p; ++i)
-          for (int64_t j = 0; j < n; ++j) REQUIRE(moved[size_t((h * n + i) * n + j)] == base[size_t((h * n + i) * n + j)]);
+          for (int64_t j = 0; j < n; ++j)
+            REQUIRE(moved[size_t((h * n + i) * n + j)] == base[size_t((h * n + i) * n + j)]);
     }
   }
 }
@@ -264,8 +270,9 @@ TEST_CASE("causal sparse sinkhorn: perturbing future tokens leaves past outputs 
             const size_t x = size_t((bh * T + t) * dh + d);
             kk[x] += 5.0f, vv[x] -= 3.0f, qq[x] *= -2.0f;
           }
-      const std::vector<double> moved = run(from_vector(kk, k.shape(), DType::f32), from_vector(vv, v.shape(), DType::f32),
-                                            from_vector(qq, q.shape(), DType::f32));
+      const std::vector<double> moved =
+          run(from_vector(kk, k.shape(), DType::f32), from_vector(vv, v.shape(), DType::f32),
+              from_vector(qq, q.shape(), DType::f32));
       bool later_changed = false;
       for (int64_t bh = 0; bh < B * H; ++bh)
         for (int64_t t = 0; t < T; ++t)
@@ -291,7 +298,8 @@ TEST_CASE("hard permutation: a permutation of the free rows and columns, used in
       CHECK(c == 1);
     }
   // Causal: row 0 has nothing to take and stays zero; every entry stays strictly below the diagonal.
-  const std::vector<double> pc = vec(hard_permutation(sinkhorn_balance(randn({1, 1, 5, 5}, DType::f64, &g), {}, {3, true})));
+  const std::vector<double> pc =
+      vec(hard_permutation(sinkhorn_balance(randn({1, 1, 5, 5}, DType::f64, &g), {}, {3, true})));
   for (int64_t i = 0; i < 5; ++i)
     for (int64_t j = i; j < 5; ++j) CHECK(pc[size_t(i * 5 + j)] == 0);
 
@@ -329,8 +337,14 @@ TEST_CASE("sinkhorn method: config, Gumbel noise only in training, stats and int
   for (double x : st.at("sort_max")) CHECK((x > 0.25 && x <= 1.0 + 1e-6));
 
   CHECK(contains(message_of<ValueError>([&] { parse_attention({{"type", "sinkhorn"}, {"blocks", 4}}); }), "blocks"));
-  CHECK(contains(message_of<ValueError>([&] { parse_attention({{"type", "sinkhorn"}, {"temperature", 0}}); }), "temperature"));
-  CHECK(contains(message_of<ValueError>([&] { parse_attention({{"type", "sinkhorn"}, {"pooling", "max"}}); }), "pooling"));
+  CHECK(contains(message_of<ValueError>([&] {
+                   parse_attention({{"type", "sinkhorn"}, {"temperature", 0}});
+                 }),
+                 "temperature"));
+  CHECK(contains(message_of<ValueError>([&] {
+                   parse_attention({{"type", "sinkhorn"}, {"pooling", "max"}});
+                 }),
+                 "pooling"));
 }
 
 TEST_CASE("sparse sinkhorn: bad input gives errors naming the op and the field") {
@@ -341,18 +355,82 @@ TEST_CASE("sparse sinkhorn: bad input gives errors naming the op and the field")
   const SortNet net = random_net(g, 2, 3, 2, DType::f32);
   const Tensor q = randn({1, 2, 8, 3}, DType::f32, &g);
   const Tensor long_q = randn({1, 2, 9, 3}, DType::f32, &g);
-  CHECK(contains(message_of<ValueError>([&] { sparse_sinkhorn_attention(long_q, long_q, long_q, {}, net, o, nullptr, false); }),
-                 "max_blocks"));
-  CHECK(contains(message_of<ShapeError>([&] { sparse_sinkhorn_attention(q, long_q, long_q, {}, net, o, nullptr, false); }),
-                 "sinkhorn_attention"));
+  CHECK(contains(
+      message_of<ValueError>([&] { sparse_sinkhorn_attention(long_q, long_q, long_q, {}, net, o, nullptr, false); }),
+      "max_blocks"));
+  CHECK(contains(
+      message_of<ShapeError>([&] { sparse_sinkhorn_attention(q, long_q, long_q, {}, net, o, nullptr, false); }),
+      "sinkhorn_attention"));
   Options sc = o;
   sc.sortcut = 1;
-  CHECK(contains(message_of<ValueError>([&] { sparse_sinkhorn_attention(q, q, q, {true, {}}, net, sc, nullptr, false); }),
+  CHECK(contains(message_of<ValueError>([&] {
+                   sparse_sinkhorn_attention(q, q, q, {true, {}}, net, sc, nullptr, false);
+                 }),
                  "SortCut"));
   const SortNet wrong = random_net(g, 2, 5, 2, DType::f32);
-  CHECK(contains(message_of<ShapeError>([&] { sparse_sinkhorn_attention(q, q, q, {}, wrong, o, nullptr, false); }), "SortNet"));
-  CHECK(contains(message_of<ShapeError>([&] { sinkhorn_balance(randn({1, 1, 3, 4}, DType::f32, &g), {}, {3, false}); }),
+  CHECK(contains(message_of<ShapeError>([&] { sparse_sinkhorn_attention(q, q, q, {}, wrong, o, nullptr, false); }),
+                 "SortNet"));
+  CHECK(contains(message_of<ShapeError>([&] {
+                   sinkhorn_balance(randn({1, 1, 3, 4}, DType::f32, &g), {}, {3, false});
+                 }),
                  "sinkhorn_balance"));
-  CHECK(contains(message_of<ValueError>([&] { sinkhorn_balance(randn({1, 1, 3, 3}, DType::f32, &g), {}, {0, false}); }),
+  CHECK(contains(message_of<ValueError>([&] {
+                   sinkhorn_balance(randn({1, 1, 3, 3}, DType::f32, &g), {}, {0, false});
+                 }),
                  "iterations"));
+}
+
+TEST_CASE("sort task as a decoder-only LM: sequences, config, a short run with exact match and edit distance") {
+  // "3 1 2 EOS PAD" then the sorted part shifted right; targets only on the sorted part (EOS included).
+  SortBatch b{from_vector(std::vector<int64_t>{5, 3, 4, 1, 0}, {1, 5}),
+              from_vector(std::vector<int64_t>{3, 4, 5, 1, 0}, {1, 5}), from_vector(std::vector<int64_t>{3}, {1})};
+  const SortSequences s = sort_sequences(b);
+  CHECK(s.ids.to_vector<int64_t>() == std::vector<int64_t>{5, 3, 4, 1, 0, 3, 4, 5, 1});
+  CHECK(s.targets.to_vector<int64_t>() == std::vector<int64_t>{-100, -100, -100, -100, 3, 4, 5, 1, -100});
+
+  testing::TempDir dir;
+  nlohmann::json j = {
+      {"model",
+       {{"d_model", 16},
+        {"n_layers", 1},
+        {"n_heads", 2},
+        {"d_ff", 32},
+        {"max_len", 17},
+        {"vocab_size", 8},
+        {"attention", {{"type", "sinkhorn"}, {"block", 4}, {"max_blocks", 5}}}}},
+      {"data", {{"dataset", "sort"}, {"num_symbols", 6}, {"min_len", 2}, {"max_len", 8}, {"batch_size", 4}}},
+      {"optim", {{"name", "adamw"}, {"lr", 0.01}, {"schedule", {{"kind", "cosine"}, {"warmup_steps", 1}}}}},
+      {"steps", 4},
+      {"eval_interval", 4},
+      {"eval_tokens", 16},
+      {"checkpoint_interval", 4},
+      {"log_interval", 2},
+      {"out_dir", dir.file("run")}};
+  const TrainConfig cfg = TrainConfig::from_json(j);
+  CHECK(cfg.data.seq_len == 17);
+  nlohmann::json small = j;
+  small["model"]["vocab_size"] = 7;
+  CHECK(contains(message_of<ValueError>([&] { TrainConfig::from_json(small); }), "model.vocab_size"));
+  nlohmann::json bad_len = j;
+  bad_len["data"]["seq_len"] = 16;
+  CHECK(contains(message_of<ValueError>([&] { TrainConfig::from_json(bad_len); }), "data.seq_len"));
+
+  std::ostringstream log;
+  auto trainer = make_trainer(cfg, false, log, false);
+  trainer->run();
+  const Evaluation e = trainer->evaluate_split("val", 16);
+  for (const char* key : {"loss", "em", "edit"}) REQUIRE(e.fields.contains(key));
+  CHECK(e.fields["em"].get<double>() >= 0);
+  CHECK(e.fields["em"].get<double>() <= 1);
+  CHECK(e.fields["edit"].get<double>() >= 0);
+  CHECK(contains(log.str(), "exact match"));
+  // The run loads without a tokenizer; eval and draw work on it (draw: the sort matrices).
+  LoadedRun run = load_run(dir.file("run"));
+  CHECK(!run.tokenizer);
+  const SortEval r = evaluate_sort(*run.model, run.config, "val", 16);
+  CHECK(r.loss == doctest::Approx(e.fields["loss"].get<double>()).epsilon(1e-5));
+  CHECK(r.exact_match == e.fields["em"].get<double>());
+  const HeatmapGrid grid = run_attention_grid(dir.file("run"), "", "sort");
+  CHECK(grid.cells.size() == 2);
+  CHECK(grid.cells[0].shape() == Shape{5, 5});
 }

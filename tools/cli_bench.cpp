@@ -769,8 +769,8 @@ void section_sinkformer(Context& ctx) {
 void section_sinkhorn(Context& ctx) {
   const int64_t B = 1, H = 8, d = 64, bs = 64, iters = 8;
   std::vector<int64_t> sizes;
-  for (int64_t n : ctx.opt.quick ? std::vector<int64_t>{512, 1024}
-                                 : std::vector<int64_t>{2048, 4096, 8192, 16384, 32768, 65536})
+  for (int64_t n :
+       ctx.opt.quick ? std::vector<int64_t>{512, 1024} : std::vector<int64_t>{2048, 4096, 8192, 16384, 32768, 65536})
     if (n <= (ctx.opt.max_n ? ctx.opt.max_n : 65536)) sizes.push_back(n);
   const double min_ms = ctx.opt.quick ? 100 : 1000;
   const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
@@ -826,8 +826,9 @@ void section_sinkhorn(Context& ctx) {
     double tfb = NAN, t_peak = NAN;
     if (torch_ok && !ctx.opt.quick) {
       char args[160];
-      std::snprintf(args, sizeof args, "sparse_sinkhorn %lld --b %lld --h %lld --d %lld --bs %lld --iters %lld --threads %d",
-                    (long long)n, (long long)B, (long long)H, (long long)d, (long long)bs, (long long)iters, threads);
+      std::snprintf(args, sizeof args,
+                    "sparse_sinkhorn %lld --b %lld --h %lld --d %lld --bs %lld --iters %lld --threads %d", (long long)n,
+                    (long long)B, (long long)H, (long long)d, (long long)bs, (long long)iters, threads);
       if (auto j = run_pytorch_baseline("attn_bench.py", args, &why_missing)) {
         tfb = (*j)["fwdbwd_ms"].get<double>();
         t_peak = (*j)["peak_fwdbwd_MiB"].get<double>();

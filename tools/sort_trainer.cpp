@@ -27,6 +27,12 @@ SortSequences sort_sequences(const SortBatch& batch) {
   return {from_vector(ids, {B, T}), from_vector(targets, {B, T})};
 }
 
+char sort_token_char(int64_t id) {
+  if (id == kSortPad) return '.';
+  if (id == kSortEos) return '|';
+  return "0123456789abcdefghijklmnopqrstuvwxyz"[(id - kSortNumReserved) % 36];
+}
+
 Tensor decode_sorted(const CausalLM& model, const Tensor& input) {
   NoGradGuard ng;
   const int64_t B = input.size(0), W = input.size(1), T = 2 * W - 1;
@@ -71,29 +77,40 @@ void SortTrainer::probe_forward() {
 }
 
 Evaluation SortTrainer::evaluate_split(const std::string& split, int64_t max_items) {
-  // Each split its own generator stream, disjoint from training's (stream 7).
-  Generator g(cfg_.seed, split == "test" ? 102 : 101);
-  const int64_t n = max_items > 0 ? max_items : 512, chunk = 128;
-  model_->eval();
-  double loss = 0, em = 0, edit = 0;
-  for (int64_t done = 0; done < n; done += chunk) {
-    const int64_t B = std::min(chunk, n - done);
-    const SortBatch batch = make_sort_batch(task_, B, g);
+  const SortEval r = evaluate_sort(*model_, cfg_, split, max_items);
+  model_->train();
+  return {{{"loss", r.loss}, {"em", r.exact_match}, {"edit", r.edit_distance}}, r.summary()};
+}
+
+std::string SortEval::summary() const {
+  std::ostringstream line;
+  line.precision(4);
+  line << "loss " << loss << ", exact match " << exact_match << ", edit distance " << edit_distance << " (" << count
+       << " sequences)";
+  return line.str();
+}
+
+SortEval evaluate_sort(CausalLM& model, const TrainConfig& cfg, const std::string& split, int64_t n) {
+  const SortTaskConfig task{cfg.data.num_symbols, cfg.data.min_len, cfg.data.max_len};
+  Generator g(cfg.seed, split == "test" ? 102 : 101);  // training draws from stream 7
+  SortEval r;
+  r.count = n > 0 ? n : 512;
+  const int64_t chunk = 128;
+  model.eval();
+  for (int64_t done = 0; done < r.count; done += chunk) {
+    const int64_t B = std::min(chunk, r.count - done);
+    const SortBatch batch = make_sort_batch(task, B, g);
     {
       NoGradGuard ng;
       const SortSequences s = sort_sequences(batch);
-      loss += double(model_->loss(s.ids, s.targets).item<float>()) * double(B);
+      r.loss += double(model.loss(s.ids, s.targets).item<float>()) * double(B);
     }
-    const SortMetrics m = sort_metrics(decode_sorted(*model_, batch.input), batch.target);
-    em += m.exact_match * double(B);
-    edit += m.edit_distance * double(B);
+    const SortMetrics m = sort_metrics(decode_sorted(model, batch.input), batch.target);
+    r.exact_match += m.exact_match * double(B);
+    r.edit_distance += m.edit_distance * double(B);
   }
-  model_->train();
-  loss /= double(n), em /= double(n), edit /= double(n);
-  std::ostringstream line;
-  line.precision(4);
-  line << "loss " << loss << ", exact match " << em << ", edit distance " << edit << " (" << n << " sequences)";
-  return {{{"loss", loss}, {"em", em}, {"edit", edit}}, line.str()};
+  r.loss /= double(r.count), r.exact_match /= double(r.count), r.edit_distance /= double(r.count);
+  return r;
 }
 
 }  // namespace attnlab

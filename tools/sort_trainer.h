@@ -5,6 +5,7 @@
 #pragma once
 #include <iosfwd>
 #include <memory>
+#include <string>
 
 #include "datasets/sort_task.h"
 #include "layers/transformer.h"
@@ -19,9 +20,22 @@ struct SortSequences {
 };
 SortSequences sort_sequences(const SortBatch& batch);
 
+// One character per token for pictures: symbols as base-36 digits, PAD '.', EOS '|'.
+char sort_token_char(int64_t id);
+
 // Greedy decode of the sorted half: W forwards of the whole width (the model is causal, so later
 // placeholders do not change earlier predictions). Returns i64 [B, W].
 Tensor decode_sorted(const CausalLM& model, const Tensor& input);
+
+// Teacher-forced loss (nats per target token), exact match and normalised edit distance of greedy
+// decodes on n examples (0: 512) of a split's own generator stream (seed cfg.seed; "val" and "test"
+// differ, and both differ from training's). Leaves the model in eval mode.
+struct SortEval {
+  double loss = 0, exact_match = 0, edit_distance = 0;
+  int64_t count = 0;
+  std::string summary() const;  // "loss …, exact match …, edit distance … (N sequences)"
+};
+SortEval evaluate_sort(CausalLM& model, const TrainConfig& cfg, const std::string& split, int64_t n);
 
 class SortTrainer : public TrainerCore {
  public:

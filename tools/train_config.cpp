@@ -112,8 +112,9 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
     if (c.data.seq_len > c.model.max_len)
       fail<ValueError>("config", "data.seq_len: ", c.data.seq_len, " exceeds model.max_len ", c.model.max_len);
     if (c.data.sort() && c.model.vocab_size < c.data.num_symbols + 2)
-      fail<ValueError>("config", "model.vocab_size: the sort task needs num_symbols + 2 (PAD, EOS) = ",
-                       c.data.num_symbols + 2, ", got ", c.model.vocab_size);
+      fail<ValueError>("config",
+                       "model.vocab_size: the sort task needs num_symbols + 2 (PAD, EOS) = ", c.data.num_symbols + 2,
+                       ", got ", c.model.vocab_size);
   }
   check_training_memory(c);
   return c;
