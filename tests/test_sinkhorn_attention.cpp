@@ -191,18 +191,23 @@ TEST_CASE("sparse sinkhorn layer == a naive loop over [sorted block ; own block]
   // block's sorted block and the keys of its own block (causally), softmax, and the same mix of values.
   Generator g(30);
   const int64_t B = 1, H = 2, T = 10, dh = 3, b = 4, nb = 3;
-  for (bool causal : {false, true}) {
+  // hard: the eval-mode hard permutation, which puts the short last block (2 positions) whole into
+  // some destination block, whose last 2 sorted slots then hold no key and are masked.
+  for (auto [causal, hard] : {std::pair{false, false}, {true, false}, {false, true}, {true, true}}) {
+    INFO("causal ", causal, " hard ", hard);
     Options o;
     o.block = b;
     o.max_blocks = nb;
     o.iterations = 4;
     o.scale = 0.6;
+    o.hard = hard;
     const Tensor q = randn({B, H, T, dh}, DType::f64, &g), k = randn({B, H, T, dh}, DType::f64, &g),
                  v = randn({B, H, T, dh}, DType::f64, &g);
     const SortNet net = random_net(g, H, dh, nb, DType::f64);
     SparseSinkhornTrace tr;
     const std::vector<double> out = vec(sparse_sinkhorn_attention(q, k, v, {causal, {}}, net, o, nullptr, false, &tr));
     const std::vector<double> S = vec(tr.sort), Q = vec(q), K = vec(k), V = vec(v);
+    int64_t masked_slots = 0;
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < T; ++i) {
         const int64_t blk = i / b;
@@ -220,7 +225,10 @@ TEST_CASE("sparse sinkhorn layer == a naive loop over [sorted block ; own block]
               }
             }
           }
-          if (weight == 0) continue;  // no real key behind the slot: masked
+          if (weight == 0) {  // no real key behind the slot: masked
+            ++masked_slots;
+            continue;
+          }
           double dot = 0;
           for (int64_t d = 0; d < dh; ++d) dot += Q[size_t((h * T + i) * dh + d)] * ks[size_t(d)];
           sc.push_back(o.scale * dot);
@@ -242,6 +250,9 @@ TEST_CASE("sparse sinkhorn layer == a naive loop over [sorted block ; own block]
           CHECK(out[size_t((h * T + i) * dh + d)] == doctest::Approx(acc).epsilon(1e-12));
         }
       }
+    CHECK((masked_slots > 0) == (causal || hard));
+    if (hard)
+      for (double x : S) CHECK((x == 0 || x == 1));
   }
 }
 
