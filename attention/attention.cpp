@@ -7,6 +7,7 @@
 #include "attention/local.h"
 #include "attention/routing_attention.h"
 #include "attention/sinkformer.h"
+#include "attention/sinkhorn_attention.h"
 #include "attention/softmax.h"
 
 namespace attnlab {
@@ -19,7 +20,8 @@ std::map<std::string, AttentionParser>& parsers() {
                                                      {"local", parse_local_attention},
                                                      {"entmax", parse_entmax_attention},
                                                      {"sinkformer", parse_sinkformer_attention},
-                                                     {"routing", parse_routing_attention}};
+                                                     {"routing", parse_routing_attention},
+                                                     {"sinkhorn", parse_sinkhorn_attention}};
   return p;
 }
 }  // namespace

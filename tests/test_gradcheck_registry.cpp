@@ -75,6 +75,8 @@ const std::map<std::string, size_t> kPinnedOps = {
     {"scatter_add", 1},
     {"sigmoid", 3},
     {"sinkformer_attention", 6},
+    {"sinkhorn_attention", 3},
+    {"sinkhorn_balance", 3},
     {"slice", 3},
     {"softmax", 2},
     {"sparsemax", 4},
@@ -162,13 +164,14 @@ TEST_CASE("the registry holds exactly the pinned ops, each with its pinned numbe
 }
 
 TEST_CASE("a training step's tape holds registered ops only") {
-  for (const char* type : {"softmax", "local", "routing"})
+  for (const char* type : {"softmax", "local", "routing", "sinkhorn"})
     for (const char* impl : {"fused", "composite"}) {
       INFO("attention ", type, " ", impl);
       ModelConfig c{.vocab_size = 13, .d_model = 8, .n_layers = 2, .n_heads = 2, .d_ff = 16, .max_len = 8,
                     .dropout = 0.1, .attention = {{"type", type}, {"impl", impl}}};
       if (std::string(type) == "local") c.attention["block"] = 3;
       if (std::string(type) == "routing") c.attention.update({{"clusters", 2}, {"local_heads", 1}, {"local_block", 3}});
+      if (std::string(type) == "sinkhorn") c.attention.update({{"block", 3}, {"max_blocks", 3}});
       CausalLM lm(c);
       std::vector<double> v;
       for (int i = 0; i < 16; ++i) v.push_back(double((i * 5) % 13));
@@ -182,5 +185,9 @@ TEST_CASE("a training step's tape holds registered ops only") {
       }
       CHECK(seen.count("cross_entropy") == 1);
       CHECK(seen.count("linear") == 1);
+      if (std::string(type) == "sinkhorn" && std::string(impl) == "fused") {
+        CHECK(seen.count("sinkhorn_balance") == 1);
+        CHECK(seen.count("sinkhorn_attention") == 1);
+      }
     }
 }

@@ -9,6 +9,7 @@
 #include "autograd/grad_mode.h"
 #include "layers/functional.h"
 #include "tools/lm_trainer.h"
+#include "tools/sort_trainer.h"
 
 namespace attnlab {
 
@@ -101,6 +102,7 @@ Evaluation ClassifierTrainer::evaluate_split(const std::string& split, int64_t m
 
 std::unique_ptr<TrainerCore> make_trainer(const TrainConfig& cfg, bool resume, std::ostream& log, bool overwrite) {
   if (cfg.model.num_classes > 0) return std::make_unique<ClassifierTrainer>(cfg, resume, log, overwrite);
+  if (cfg.data.sort()) return std::make_unique<SortTrainer>(cfg, resume, log, overwrite);
   return std::make_unique<LMTrainer>(cfg, resume, log, overwrite);
 }
 

@@ -31,6 +31,7 @@
 #include "attention/local.h"
 #include "attention/routing_attention.h"
 #include "attention/sinkformer.h"
+#include "attention/sinkhorn_attention.h"
 #include "attention/sparsefinder.h"
 #include "autograd/grad_mode.h"
 #include "core/allocator.h"
@@ -758,6 +759,101 @@ void section_sinkformer(Context& ctx) {
   ctx.results["sinkformer"] = rows;
 }
 
+// ---- sinkhorn: Sparse Sinkhorn attention against PyTorch ------------------------------------------
+
+// q, k, v [1, 8, n, 64] f32, blocks of 64, each query block attending to its own block and its softly
+// sorted block (encoder form, as attn_bench.py sparse_sinkhorn). attnlab: SortNet on summed keys, 8
+// Sinkhorn iterations (16 normalisations), temperature 0.75, no noise; PyTorch: mean q/k summaries,
+// a row step then 8 (column, row) pairs (17 normalisations). Both are linear in n: "us/tok" should
+// stay flat from 2K to 64K.
+void section_sinkhorn(Context& ctx) {
+  const int64_t B = 1, H = 8, d = 64, bs = 64, iters = 8;
+  std::vector<int64_t> sizes;
+  for (int64_t n :
+       ctx.opt.quick ? std::vector<int64_t>{512, 1024} : std::vector<int64_t>{2048, 4096, 8192, 16384, 32768, 65536})
+    if (n <= (ctx.opt.max_n ? ctx.opt.max_n : 65536)) sizes.push_back(n);
+  const double min_ms = ctx.opt.quick ? 100 : 1000;
+  const int threads = ctx.opt.threads > 0 ? int(ctx.opt.threads) : omp_get_max_threads();
+  std::printf(
+      "\n== sinkhorn: Sparse Sinkhorn attention, q, k, v [%lld, %lld, n, %lld] f32, blocks of %lld, own + sorted "
+      "block, %lld iterations; attnlab vs PyTorch (attn_bench.py sparse_sinkhorn, %d threads)\n"
+      "   ratio = PyTorch / attnlab fwd+bwd; us/tok = attnlab fwd+bwd per position; peak = extra memory beyond "
+      "inputs, outputs, gradients;\n   target: >= 2x PyTorch at 8K, us/tok flat from 2K to 64K\n\n",
+      (long long)B, (long long)H, (long long)d, (long long)bs, (long long)iters, threads);
+  bench::Table table({{"n", 6},
+                      {"fwd ms", 9},
+                      {"f+b ms", 9},
+                      {"us/tok", 7},
+                      {"torch f+b", 9},
+                      {"ratio", 6},
+                      {"target", 6},
+                      {"peak MiB f/f+b", 14},
+                      {"torch MiB", 9}});
+  table.header();
+  json rows = json::array();
+  std::string why_missing;
+  bool torch_ok = true;
+  for (int64_t n : sizes) {
+    Generator gen(ctx.seed, 2100 + uint64_t(n));
+    const int64_t nb = n / bs;
+    Tensor q = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor k = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor v = randn({B, H, n, d}, DType::f32, &gen).set_requires_grad(true);
+    Tensor w = (randn({1, H, d, nb}, DType::f32, &gen) * (0.125 / double(bs))).set_requires_grad(true);
+    Tensor b = zeros({1, H, 1, nb}, DType::f32).set_requires_grad(true);
+    Tensor g = randn({B, H, n, d}, DType::f32, &gen);
+    SparseSinkhornOptions o;
+    o.block = bs;
+    o.max_blocks = nb;
+    o.iterations = iters;
+    o.scale = 1.0 / std::sqrt(double(d));
+    auto attend = [&] { return sparse_sinkhorn_attention(q, k, v, {}, {w, b}, o, nullptr, false); };
+    auto fwd = [&] {
+      NoGradGuard ng;
+      Tensor out = attend();
+    };
+    auto fwdbwd = [&] {
+      for (Tensor* t : {&q, &k, &v, &w, &b}) t->zero_grad();
+      attend().backward(g);
+    };
+    fwdbwd();  // the gradients exist before any peak
+    const bool long_calls = n >= 32768;
+    double peak_f = 0, peak_fb = 0;
+    const double first_f = timed_ms([&] { peak_f = peak_extra_mib(fwd); });
+    const double first_fb = timed_ms([&] { peak_fb = peak_extra_mib(fwdbwd); });
+    const double af = long_calls ? first_f : median_call_ms(fwd, min_ms);
+    const double afb = long_calls ? first_fb : median_call_ms(fwdbwd, min_ms);
+    double tfb = NAN, t_peak = NAN;
+    if (torch_ok && !ctx.opt.quick) {
+      char args[160];
+      std::snprintf(args, sizeof args,
+                    "sparse_sinkhorn %lld --b %lld --h %lld --d %lld --bs %lld --iters %lld --threads %d", (long long)n,
+                    (long long)B, (long long)H, (long long)d, (long long)bs, (long long)iters, threads);
+      if (auto j = run_pytorch_baseline("attn_bench.py", args, &why_missing)) {
+        tfb = (*j)["fwdbwd_ms"].get<double>();
+        t_peak = (*j)["peak_fwdbwd_MiB"].get<double>();
+      } else {
+        torch_ok = false;
+        std::printf("   (PyTorch column empty: %s)\n", why_missing.c_str());
+      }
+    }
+    const double ratio = tfb / afb, us_tok = afb * 1e3 / double(n);
+    const char* verdict = n != 8192 || std::isnan(ratio) ? "-" : (ratio >= 2 ? "ok" : "LOW");
+    table.row({std::to_string(n), fmt("%.1f", af), fmt("%.1f", afb), fmt("%.2f", us_tok), fmt("%.0f", tfb),
+               fmt("%.1f", ratio), verdict, fmt("%.1f/%.1f", peak_f, peak_fb), fmt("%.0f", t_peak)});
+    rows.push_back({{"n", n},
+                    {"attnlab_fwd_ms", af},
+                    {"attnlab_fwdbwd_ms", afb},
+                    {"attnlab_us_per_token", us_tok},
+                    {"pytorch_fwdbwd_ms", std::isnan(tfb) ? json(nullptr) : json(tfb)},
+                    {"ratio_fwdbwd", std::isnan(ratio) ? json(nullptr) : json(ratio)},
+                    {"attnlab_peak_fwd_MiB", peak_f},
+                    {"attnlab_peak_fwdbwd_MiB", peak_fb},
+                    {"pytorch_peak_fwdbwd_MiB", std::isnan(t_peak) ? json(nullptr) : json(t_peak)}});
+  }
+  ctx.results["sinkhorn"] = rows;
+}
+
 // ---- entmax: sparsemax, 1.5-entmax and bisection against PyTorch ---------------------------------
 
 void entmax_attention_table(Context& ctx);
@@ -1203,6 +1299,8 @@ const Section kSections[] = {
      section_routing},
     {"sparsefinder", "entmax attention on a graph (windows of three widths) vs dense fused entmax, fwd+bwd",
      section_sparsefinder},
+    {"sinkhorn", "Sparse Sinkhorn attention fwd+bwd, time per token and memory vs PyTorch (attn_bench.py)",
+     section_sinkhorn},
 };
 
 std::string section_list() {

@@ -3,6 +3,7 @@
 
 #include "tools/cli_common.h"
 #include "tools/draw.h"
+#include "tools/run_dir.h"
 #include "tools/train_config.h"
 
 using namespace attnlab;
@@ -15,7 +16,8 @@ int main(int argc, char** argv) {
       "       attnlab draw --metrics FILE.jsonl --out FILE.png [--width W] [--height H]\n",
       "  --run         attention of DIR's model (checkpoint, tokenizer) on TEXT: rows = layers, columns =\n"
       "                heads, each cell a Tq x Tk heatmap with the tokens along its axes; an image\n"
-      "                classifier run takes test image N (--image) instead of a text\n"
+      "                classifier run takes test image N (--image) instead of a text, a sort-task run\n"
+      "                neither (its first validation example)\n"
       "  --from-layer  every internals.* tensor of an `attnlab layer` output (or the one --tensor names),\n"
       "                one DIR/<name>.png each: [B, H, T, T] as B rows x H heads, other shapes as matrices\n"
       "  --metrics     train loss (and EMA, val loss), validation bits per character or accuracy, and\n"
@@ -74,7 +76,16 @@ int main(int argc, char** argv) {
     if (cmd.given("--run")) {
       only_with("from-layer", {"--tensor"});
       only_with("metrics", {"--width", "--height"});
-      if (cmd.given("--text") == cmd.given("--image")) throw cli::UsageError("--run needs --text or --image");
+      // A sort-task run draws its first validation example and takes neither.
+      auto is_sort_run = [&] {
+        try {
+          return load_run(run_dir).config.data.sort();
+        } catch (const Error&) {  // not a run: the usage error says what is missing
+          return false;
+        }
+      };
+      if (cmd.given("--text") == cmd.given("--image") && (cmd.given("--text") || !is_sort_run()))
+        throw cli::UsageError("--run needs --text or --image");
       Image img = draw_run_attention(run_dir, text, style, internal, cmd.given("--image") ? image : -1);
       write_png(out, img);
       std::cout << "wrote " << out << " (" << img.width << "x" << img.height << ")\n";

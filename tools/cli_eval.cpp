@@ -5,6 +5,7 @@
 #include "tools/classifier_trainer.h"
 #include "tools/cli_common.h"
 #include "tools/run_dir.h"
+#include "tools/sort_trainer.h"
 
 using namespace attnlab;
 
@@ -27,8 +28,10 @@ int main(int argc, char** argv) {
   cli::Command cmd("attnlab eval", "usage: attnlab eval --run DIR [--split val|test] [--tokens N]\n",
                    "  Loads DIR's checkpoint and reports loss (nats/token) and bits per character on a split\n"
                    "  (all of it unless --tokens limits it); for an image classifier run, loss and accuracy\n"
-                   "  (--tokens then counts images). Also prints each layer's column-sum deviation per head\n"
-                   "  (how far its attention is from doubly stochastic) on the split's first 16 items.");
+                   "  (--tokens then counts images); for a sort-task run, exact match and edit distance of greedy\n"
+                   "  decodes (--tokens counts sequences, default 512). Also prints each layer's column-sum\n"
+                   "  deviation per head (how far its attention is from doubly stochastic) on the split's first\n"
+                   "  16 items.");
   std::string run_dir, split = "test";
   int64_t tokens = 0;
   cmd.text("--run", run_dir, "the run directory")->type_name("DIR")->required();
@@ -43,6 +46,11 @@ int main(int argc, char** argv) {
       std::cout << split << ": " << describe(r) << " (step " << run.step << ")\n";
       print_colsum(attention_colsum_deviation(
           run.trunk(), [&] { run.classifier->forward(set.images.narrow(0, 0, std::min<int64_t>(16, set.size()))); }));
+      return 0;
+    }
+    if (run.config.data.sort()) {  // --tokens counts sequences here
+      std::cout << split << ": " << evaluate_sort(*run.model, run.config, split, tokens).summary() << " (step "
+                << run.step << ")\n";
       return 0;
     }
     EvalResult r = evaluate_run(run, split, tokens);

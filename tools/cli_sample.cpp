@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   return cmd.run(argc, argv, [&] {
     LoadedRun run = load_run(dir);
     if (!run.model) fail<ValueError>("sample", dir, " holds an image classifier run: sample needs a language model");
+    if (!run.tokenizer) fail<ValueError>("sample", dir, " holds a sort-task run: use attnlab eval for its decodes");
     auto& tok = run.tokenizer;
     std::vector<int64_t> ids = tok->encode(prompt);
     if (ids.empty()) ids.push_back(0);

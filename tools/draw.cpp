@@ -14,6 +14,7 @@
 #include "tools/classifier_trainer.h"
 #include "tools/plot.h"
 #include "tools/run_dir.h"
+#include "tools/sort_trainer.h"
 
 namespace attnlab {
 
@@ -270,6 +271,14 @@ HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& te
     input = data.test.images.narrow(0, image, 1);
     const int64_t label = data.test.labels.data<int64_t>()[image];
     what = cat("test image ", image, " (", data.test.class_names.at(size_t(label)), ")");
+  } else if (run.config.data.sort()) {
+    // The sort task has no text: its first validation example, input and (teacher-forced) sorted part.
+    if (image >= 0) fail<ValueError>(op, "--image applies to image classifier runs; ", run_dir, " holds a sort run");
+    Generator g(run.config.seed, 101);
+    const SortTaskConfig task{run.config.data.num_symbols, run.config.data.min_len, run.config.data.max_len};
+    input = sort_sequences(make_sort_batch(task, 1, g)).ids;
+    ids = input.to_vector<int64_t>();
+    what = "the first validation example";
   } else {
     if (image >= 0)
       fail<ValueError>(op, "--image applies to image classifier runs; ", run_dir, " holds a language model");
@@ -334,7 +343,8 @@ HeatmapGrid run_attention_grid(const std::string& run_dir, const std::string& te
   }
   for (int64_t h = 0; h < g.cols; ++h) g.col_labels.push_back("head " + std::to_string(h));
   std::vector<std::string> toks;
-  for (int64_t id : ids) toks.push_back(std::string(1, token_char(run.tokenizer->decode({id}))));
+  for (int64_t id : ids)
+    toks.push_back(std::string(1, run.tokenizer ? token_char(run.tokenizer->decode({id})) : sort_token_char(id)));
   if (!ids.empty() && g.cells[0].size(0) == T) g.y_tokens = toks;
   if (!ids.empty() && g.cells[0].size(1) == T) g.x_tokens = toks;
   g.title = cat(fs::path(run_dir).filename().string().empty() ? run_dir : fs::path(run_dir).filename().string(),

@@ -62,8 +62,10 @@ LoadedRun load_run(const std::string& dir) {
     run.classifier->eval();
     return run;
   }
-  run.tokenizer = load_checkpoint_tokenizer(prefix);
-  check_vocab_size(*run.tokenizer, run.config.model);
+  if (!run.config.data.sort()) {  // the sort task's ids are its own: no tokenizer
+    run.tokenizer = load_checkpoint_tokenizer(prefix);
+    check_vocab_size(*run.tokenizer, run.config.model);
+  }
   run.model = std::make_unique<CausalLM>(run.config.model);
   run.step = load_checkpoint(prefix, *run.model, nullptr).step;
   run.model->eval();
@@ -93,6 +95,7 @@ EvalResult evaluate_lm(CausalLM& model, std::vector<int64_t> tokens, const DataC
 EvalResult evaluate_run(LoadedRun& run, const std::string& split, int64_t max_tokens) {
   if (split != "val" && split != "test") fail<ValueError>("eval", "the split must be val or test, got '", split, "'");
   if (!run.model) fail<ValueError>("eval", run.config.out_dir, " holds a classifier run, not a language model");
+  if (!run.tokenizer) fail<ValueError>("eval", "a sort-task run has no text splits (see evaluate_sort)");
   TextCorpus corpus = load_corpus(run.config.data.corpus);
   return evaluate_lm(*run.model, run.tokenizer->encode(split == "val" ? corpus.val : corpus.test), run.config.data,
                      max_tokens);

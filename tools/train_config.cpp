@@ -11,7 +11,7 @@ namespace {
 
 DataConfig data_from(ConfigSection s) {
   DataConfig d;
-  d.dataset = s.choice("dataset", d.dataset, {"text", "fashion_mnist", "synthetic_images"});
+  d.dataset = s.choice("dataset", d.dataset, {"text", "fashion_mnist", "synthetic_images", "sort"});
   d.corpus = s.string("corpus", d.corpus);
   d.tokenizer = s.choice("tokenizer", d.tokenizer, {"char", "byte"});
   d.seq_len = s.integer("seq_len", d.seq_len, 1, kMaxLen);
@@ -20,6 +20,14 @@ DataConfig data_from(ConfigSection s) {
   d.train_size = s.integer("train_size", d.train_size, 0, kMaxTokens);
   d.val_size = s.integer("val_size", d.val_size, 1, kMaxTokens);
   d.test_size = s.integer("test_size", d.test_size, 0, kMaxTokens);
+  d.num_symbols = s.integer("num_symbols", d.num_symbols, 1, 1 << 20);
+  d.min_len = s.integer("min_len", d.min_len, 1, kMaxLen);
+  d.max_len = s.integer("max_len", d.max_len, d.min_len, kMaxLen);
+  if (d.sort()) {
+    if (s.has("seq_len") && d.seq_len != 2 * d.max_len + 1)
+      s.fail("seq_len", "the sort task's sequences are 2 max_len + 1 = ", 2 * d.max_len + 1, " long, got ", d.seq_len);
+    d.seq_len = 2 * d.max_len + 1;
+  }
   s.finish();
   return d;
 }
@@ -103,6 +111,10 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
                        "(fashion_mnist or synthetic_images); \"text\" trains causal LMs");
     if (c.data.seq_len > c.model.max_len)
       fail<ValueError>("config", "data.seq_len: ", c.data.seq_len, " exceeds model.max_len ", c.model.max_len);
+    if (c.data.sort() && c.model.vocab_size < c.data.num_symbols + 2)
+      fail<ValueError>("config",
+                       "model.vocab_size: the sort task needs num_symbols + 2 (PAD, EOS) = ", c.data.num_symbols + 2,
+                       ", got ", c.model.vocab_size);
   }
   check_training_memory(c);
   return c;

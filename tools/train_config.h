@@ -26,8 +26,12 @@ struct DataConfig {
   // the rest (0: all of it), test the first test_size of the test file (0: all).
   std::string dir;  // fashion_mnist: the directory of the .gz files (default: the package's)
   int64_t train_size = 0, val_size = 5000, test_size = 0;
+  // "sort" (the Sparse Sinkhorn sort task, tools/sort_trainer.h): symbols and lengths; seq_len is then
+  // 2 max_len + 1 (the input with its EOS, then the sorted part shifted right).
+  int64_t num_symbols = 16, min_len = 1, max_len = 32;
 
-  bool images() const { return dataset != "text"; }
+  bool images() const { return dataset == "fashion_mnist" || dataset == "synthetic_images"; }
+  bool sort() const { return dataset == "sort"; }
 };
 
 struct OptimConfig {
