@@ -1297,7 +1297,7 @@ const Section kSections[] = {
      section_sinkformer},
     {"routing", "routing attention fwd+bwd, memory, growth exponent vs PyTorch (attn_bench.py routing)",
      section_routing},
-    {"sparsefinder", "entmax attention on a graph (windows of three widths) vs dense fused entmax, fwd+bwd",
+    {"sparsefinder", "entmax attention on a graph (windows, the exact support) vs dense fused entmax, fwd+bwd",
      section_sparsefinder},
     {"sinkhorn", "Sparse Sinkhorn attention fwd+bwd, time per token and memory vs PyTorch (attn_bench.py)",
      section_sinkhorn},
