@@ -241,7 +241,8 @@ json run_sparsefinder_experiment(const SparsefinderConfig& cfg) {
   const TextCorpus corpus = load_corpus(run.config.data.corpus);
   std::cout << "sparsefinder: teacher " << cfg.run << " (step " << run.step << "), " << L << " layers\n";
   const std::vector<Teacher> train = collect(run, run.tokenizer->encode(corpus.train), cfg.train_tokens);
-  const std::vector<Teacher> eval = collect(run, run.tokenizer->encode(corpus.val), cfg.eval_tokens);
+  const std::vector<int64_t> val_tokens = run.tokenizer->encode(corpus.val);  // encoded once: every bpc run reads it
+  const std::vector<Teacher> eval = collect(run, val_tokens, cfg.eval_tokens);
   const AttentionMask causal{true, {}};
   const int64_t H = train[0].q.size(1), dh = train[0].q.size(3);
   std::cout << "  windows: " << train[0].q.size(0) << " train, " << eval[0].q.size(0) << " validation of "
@@ -316,7 +317,7 @@ json run_sparsefinder_experiment(const SparsefinderConfig& cfg) {
         return std::make_shared<const AttentionGraph>(predict(*p, cfg, learned[l], q, k, mask, cfg.seed + 100 + l));
       };
     }
-    const EvalResult r = evaluate_lm(*run.model, run.tokenizer->encode(corpus.val), run.config.data, cfg.bpc_tokens);
+    const EvalResult r = evaluate_lm(*run.model, val_tokens, run.config.data, cfg.bpc_tokens);
     for (size_t l = 0; l < L; ++l) entmax_method(run, l).graph_provider = nullptr;
     return r.bpc;
   };
